@@ -1,0 +1,94 @@
+"""Model configuration and the registry of named sizes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes a video DiT's architecture and its input/output format.
+
+    Two configs with the same :meth:`fingerprint` build interchangeable models, so a
+    session snapshot or a checkpoint records it and refuses a model that differs.
+    """
+
+    name: str = "pom-dit-tiny"
+    # video format
+    frame_size: int = 64  # frames are square, frame_size x frame_size pixels
+    channels: int = 1  # 1 = grayscale rendered as RGB, 3 = RGB
+    fps: int = 8
+    autoencoder: str = "pixel"  # see model.autoencoder.AUTOENCODERS
+    # transformer
+    patch: int = 8
+    dim: int = 128
+    depth: int = 4
+    mlp_ratio: float = 4.0
+    # PoM
+    degree: int = 2
+    expand: int = 2
+    n_sel_heads: int = 8
+    spatial_mixer: bool = True  # a within-frame PoM in each block besides the temporal one
+    temporal_decay: bool = True  # per-channel decay of the carried state (see model.pom)
+    decay_max: float = 0.9
+    # prompt encoder (bytes of the prompt, PoM with a padding mask, pooled into adaLN)
+    prompt_dim: int = 64
+    max_prompt_bytes: int = 64
+    # diffusion
+    timestep_shift: float = 1.0
+    train_clip_frames: int = 12
+
+    @property
+    def tokens_per_frame(self) -> int:
+        side = self.frame_size // self.patch
+        return side * side
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def fingerprint(self) -> str:
+        """Hash of the architecture (the name excluded: renaming changes nothing)."""
+        data = asdict(self)
+        data.pop("name")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def __post_init__(self):
+        if self.frame_size % self.patch:
+            raise ValueError(f"patch {self.patch} must divide frame_size {self.frame_size}")
+        if self.channels not in (1, 3):
+            raise ValueError("channels must be 1 or 3")
+
+
+_PAPER = dict(frame_size=64, channels=3, patch=2, degree=2, expand=2, n_sel_heads=16)
+
+REGISTRY: dict[str, ModelConfig] = {
+    # tiny: unit tests (16 tokens a frame, runs in milliseconds on a CPU)
+    "pom-dit-tiny": ModelConfig(name="pom-dit-tiny", frame_size=16, patch=4, dim=32, depth=2,
+                                n_sel_heads=4, prompt_dim=16, max_prompt_bytes=32,
+                                train_clip_frames=4),
+    # demo: the bundled Moving-digits model, trained on a CPU
+    "pom-dit-demo": ModelConfig(name="pom-dit-demo"),
+    # the paper's sizes (width / depth), on 64x64 inputs with patch 2 = 1,024 tokens a frame
+    "pom-dit-s": ModelConfig(name="pom-dit-s", dim=384, depth=12, **_PAPER),
+    "pom-dit-b": ModelConfig(name="pom-dit-b", dim=768, depth=12, **_PAPER),
+    "pom-dit-l": ModelConfig(name="pom-dit-l", dim=1024, depth=24, **_PAPER),
+    "pom-dit-xl": ModelConfig(name="pom-dit-xl", dim=1152, depth=28, **_PAPER),
+}
+
+
+def get_config(name: str, **overrides) -> ModelConfig:
+    try:
+        cfg = REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}") from None
+    return replace(cfg, **overrides) if overrides else cfg

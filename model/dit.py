@@ -1,0 +1,243 @@
+"""Video diffusion transformer with PoM token mixing (DiT-style, frame-causal).
+
+A clip (B, F, C, H, W) is cut into patches: L = (H/p)*(W/p) tokens a frame. Each block
+has adaLN-zero modulation from a per-frame conditioning vector (noise level + prompt),
+an optional spatial PoM (each frame mixes only its own tokens), a temporal PoM (each
+frame mixes itself and earlier frames, mask ``"frame_causal"``), and an MLP.
+
+The same blocks run in two ways that give the same numbers:
+
+- parallel (training, checking): all F frames at once, each with its own noise level;
+- streaming (generation): one frame at a time, each temporal PoM reading a
+  :class:`~model.pom.PoMState` that holds every earlier frame, see
+  :meth:`VideoDiT.step`.
+
+Positions: fixed 2D sin-cos embeddings in space. Time has no absolute embedding on
+purpose: a stream may run for any number of frames, and frame 1,000 must not see a
+position it never saw in training. Order in time comes from the causal state and its
+decay, which weights frame j by ``gamma**(f - j)``, a relative position.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .pom import PoM, PoMState
+
+
+def sincos_1d(positions: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """(..., ) positions -> (..., dim) sin-cos features."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
+    args = positions.to(torch.float64)[..., None] * freqs.to(positions.device)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], -1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def sincos_2d(side: int, dim: int) -> Tensor:
+    """(side*side, dim) fixed embedding of a square grid of patches."""
+    ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    half = dim // 2
+    return torch.cat([sincos_1d(ys.flatten(), half), sincos_1d(xs.flatten(), dim - half)], -1)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+def mlp(dim: int, hidden: int, out: int | None = None) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"),
+                         nn.Linear(hidden, out or dim))
+
+
+class TimestepEmbedder(nn.Module):
+    """Noise level t in [0, 1] -> (..., D)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        freq = sincos_1d(t * 1000.0, self.freq_dim).to(self.mlp[0].weight.dtype)
+        return self.mlp(freq)
+
+
+class PromptEncoder(nn.Module):
+    """UTF-8 bytes of the prompt -> one conditioning vector (B, D).
+
+    Byte embeddings plus positions, one PoM layer with a padding mask and an MLP, then a
+    masked mean. Small, but it reads any text; the empty prompt is the unconditional
+    input used by classifier-free guidance.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.prompt_dim
+        self.max_bytes = cfg.max_prompt_bytes
+        self.embed = nn.Embedding(256, d)
+        self.register_buffer("pos", sincos_1d(torch.arange(self.max_bytes), d).float(),
+                             persistent=False)
+        self.norm1 = nn.LayerNorm(d)
+        self.mixer = PoM(d, cfg.degree, cfg.expand, n_sel_heads=1)
+        self.norm2 = nn.LayerNorm(d)
+        self.mlp = mlp(d, 4 * d)
+        self.out = nn.Linear(d, cfg.dim)
+
+    def tokenize(self, prompts: list[str], device=None) -> tuple[Tensor, Tensor]:
+        """(ids, mask), both (B, max_bytes); raises ValueError on a prompt too long."""
+        ids = torch.zeros(len(prompts), self.max_bytes, dtype=torch.long)
+        mask = torch.zeros(len(prompts), self.max_bytes, dtype=torch.bool)
+        for i, text in enumerate(prompts):
+            data = text.encode("utf-8")
+            if len(data) > self.max_bytes:
+                raise ValueError(f"prompt is {len(data)} bytes; this model reads at most "
+                                 f"{self.max_bytes}")
+            ids[i, : len(data)] = torch.tensor(list(data), dtype=torch.long)
+            mask[i, : len(data)] = True
+        return ids.to(device), mask.to(device)
+
+    def forward(self, prompts: list[str]) -> Tensor:
+        ids, mask = self.tokenize(prompts, self.out.weight.device)
+        x = self.embed(ids) + self.pos.to(self.embed.weight.dtype)  # (B, N, d)
+        x = x + self.mixer(self.norm1(x), mask=mask)  # (B, N, d)
+        x = x + self.mlp(self.norm2(x))  # (B, N, d)
+        w = mask.to(x.dtype)[..., None]
+        pooled = (x * w).sum(1) / w.sum(1).clamp_min(1)  # (B, d)
+        return self.out(pooled)  # (B, D)
+
+
+class Block(nn.Module):
+    """adaLN-zero block: [spatial PoM], temporal PoM, MLP, each gated from the conditioning."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.dim
+        pom_args = dict(degree=cfg.degree, expand=cfg.expand, n_sel_heads=cfg.n_sel_heads)
+        self.spatial = PoM(d, **pom_args) if cfg.spatial_mixer else None
+        self.temporal = PoM(d, **pom_args, temporal_decay=cfg.temporal_decay,
+                            decay_max=cfg.decay_max)
+        self.mlp = mlp(d, int(d * cfg.mlp_ratio))
+        self.n_branches = 3 if cfg.spatial_mixer else 2
+        self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Linear(d, 3 * self.n_branches * d)
+
+    def forward(self, x: Tensor, c: Tensor, state: PoMState | None = None
+                ) -> tuple[Tensor, PoMState | None]:
+        """x (B, F, L, D), c (B, F, D). With ``state``, F must be 1 (streaming)."""
+        B, n_frames, L, D = x.shape
+        mods = self.ada(F.silu(c))[:, :, None].chunk(3 * self.n_branches, -1)  # (B, F, 1, D) each
+        new_state = None
+
+        def temporal(h: Tensor) -> Tensor:  # (B, F, L, D) -> (B, F, L, D)
+            nonlocal new_state
+            if state is None:
+                return self.temporal(h.flatten(1, 2), mask="frame_causal", frame_tokens=L
+                                     ).view_as(h)
+            if n_frames != 1:
+                raise ValueError("streaming runs one frame at a time")
+            y, new_state = self.temporal.state_forward(h.flatten(1, 2), state)
+            return y.view_as(h)
+
+        branches = [temporal, self.mlp]
+        if self.spatial is not None:
+            branches.insert(0, lambda h: self.spatial(h.flatten(1, 2), mask="frame",
+                                                      frame_tokens=L).view_as(h))
+        for i, fn in enumerate(branches):
+            shift, scale, gate = mods[3 * i : 3 * i + 3]
+            x = x + gate * fn(modulate(self.norm(x), shift, scale))  # (B, F, L, D)
+        return x, new_state
+
+
+class VideoDiT(nn.Module):
+    """Predicts the rectified-flow velocity (noise - clean) of every frame."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, p, c = cfg.dim, cfg.patch, cfg.channels
+        self.side = cfg.frame_size // p
+        self.patch_embed = nn.Linear(c * p * p, d)
+        self.register_buffer("pos", sincos_2d(self.side, d).float(), persistent=False)
+        self.t_embed = TimestepEmbedder(d)
+        self.prompt = PromptEncoder(cfg)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Linear(d, 2 * d)
+        self.final = nn.Linear(d, c * p * p)
+        self._init_weights()
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
+        for blk in self.blocks:  # adaLN-zero: every block starts as the identity
+            nn.init.zeros_(blk.ada.weight)
+            nn.init.zeros_(blk.ada.bias)
+        for m in (self.final_ada, self.final):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # -- shapes ----------------------------------------------------------------------------
+    def patchify(self, x: Tensor) -> Tensor:
+        """(B, F, C, H, W) -> (B, F, L, C*p*p)."""
+        p, s = self.cfg.patch, self.side
+        x = x.unflatten(3, (s, p)).unflatten(5, (s, p))  # (B, F, C, s, p, s, p)
+        return x.permute(0, 1, 3, 5, 2, 4, 6).flatten(2, 3).flatten(3)
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """(B, F, L, C*p*p) -> (B, F, C, H, W)."""
+        p, s, c = self.cfg.patch, self.side, self.cfg.channels
+        x = x.unflatten(2, (s, s)).unflatten(4, (c, p, p))  # (B, F, s, s, C, p, p)
+        return x.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+
+    # -- conditioning ------------------------------------------------------------------------
+    def encode_prompts(self, prompts: list[str]) -> Tensor:
+        """(B, D) prompt vectors; cache them, they do not change between frames."""
+        return self.prompt(prompts)
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """Parallel frame-causal forward: x (B, F, C, H, W), t (B, F), cond (B, D)."""
+        v, _ = self._run(x, t, cond, None)
+        return v
+
+    def step(self, x: Tensor, t: Tensor, cond: Tensor, states: list[PoMState]
+             ) -> tuple[Tensor, list[PoMState]]:
+        """One frame against the carried states: x (B, C, H, W), t (B,), cond (B, D).
+
+        Returns the velocity (B, C, H, W) and the states with this frame folded in (keep
+        them only for the final, clean pass of a frame).
+        """
+        v, new = self._run(x[:, None], t[:, None], cond, states)
+        return v[:, 0], new
+
+    def empty_states(self, batch: int, device=None, dtype=torch.float32) -> list[PoMState]:
+        return [b.temporal.empty_state(batch, device, dtype) for b in self.blocks]
+
+    def _run(self, x: Tensor, t: Tensor, cond: Tensor, states: list[PoMState] | None):
+        dtype = self.patch_embed.weight.dtype
+        h = self.patch_embed(self.patchify(x.to(dtype))) + self.pos.to(dtype)  # (B, F, L, D)
+        c = self.t_embed(t) + cond[:, None].to(dtype)  # (B, F, D)
+        new_states = []
+        for i, blk in enumerate(self.blocks):
+            h, st = blk(h, c, None if states is None else states[i])  # (B, F, L, D)
+            new_states.append(st)
+        shift, scale = self.final_ada(F.silu(c))[:, :, None].chunk(2, -1)  # (B, F, 1, D)
+        out = self.final(modulate(self.final_norm(h), shift, scale))  # (B, F, L, C*p*p)
+        return self.unpatchify(out), new_states  # (B, F, C, H, W)
+
+
+def build_model(cfg: ModelConfig) -> VideoDiT:
+    return VideoDiT(cfg)

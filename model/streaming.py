@@ -1,0 +1,304 @@
+"""Streaming generation: one frame at a time from a state of constant size.
+
+A :class:`StreamSession` is one video being generated: its prompt, its random generator
+and, for each block, the :class:`~model.pom.PoMState` of every frame made so far. Frame
+f is made by the sampler, every step running the network on frame f's tokens alone
+against the fixed states of frames < f; then one more pass over the finished frame
+(noise level ``context_noise``, 0 by default) folds it into the states. The cost of a
+frame is ``steps * evals + 1`` passes over one frame, the same at frame 1,000 as at 10.
+
+With classifier-free guidance the session keeps a second set of states, built from the
+same frames with the empty prompt, so the unconditional branch sees the history the
+unconditional model would have seen.
+
+:meth:`StreamGenerator.step` advances many sessions in batched calls (sessions with the
+same sampler settings share every network call); each session draws its noise from its
+own generator, so a session makes the same frames batched or alone.
+
+Snapshots (:meth:`StreamSession.snapshot`) are self-describing bytes: a header with the
+format version, the model's config fingerprint and weights digest, the frame index, the
+prompt and the sampling parameters, then the RNG state and every state tensor. Restored
+into the same model, in any process, a session continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+from .autoencoder import build_autoencoder
+from .checkpoint import weights_digest
+from .diffusion import SAMPLERS, guided, make_sampler
+from .dit import VideoDiT
+from .pom import PoMState
+
+SNAPSHOT_MAGIC = b"POMSNAP\x00"
+SNAPSHOT_VERSION = 1
+
+
+class SnapshotError(ValueError):
+    """A snapshot that is corrupt, of another version, or of another model."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    steps: int = 8
+    sampler: str = "euler"
+    guidance: float = 1.0
+    context_noise: float = 0.0
+
+    def __post_init__(self):
+        if not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps must be in 1..1000, got {self.steps}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
+        if not 0.0 <= self.guidance <= 50.0:
+            raise ValueError(f"guidance must be in [0, 50], got {self.guidance}")
+        if not 0.0 <= self.context_noise < 1.0:
+            raise ValueError(f"context_noise must be in [0, 1), got {self.context_noise}")
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.guidance != 1.0
+
+    def batch_key(self) -> tuple:
+        return (self.steps, self.sampler, self.context_noise, self.uses_cfg)
+
+
+class StreamSession:
+    """One video being generated; create it with :meth:`StreamGenerator.session`."""
+
+    def __init__(self, generator: StreamGenerator, prompt: str, seed: int,
+                 params: GenerationParams):
+        self.generator = generator
+        self.params = params
+        self.seed = seed
+        self.frame_index = 0
+        self.last_latent: Tensor | None = None  # (C, h, w) of the last frame, before decoding
+        self.rng = torch.Generator(device="cpu")
+        self.rng.manual_seed(seed)
+        self.states = generator.model.empty_states(1, generator.device, generator.state_dtype)
+        self.states_uncond = (generator.model.empty_states(1, generator.device,
+                                                           generator.state_dtype)
+                              if params.uses_cfg else None)
+        self.prompt = ""
+        self.set_prompt(prompt)
+
+    def set_prompt(self, prompt: str) -> None:
+        """Change what the next frames show; the history (the states) is kept."""
+        self._cond = self.generator.encode_prompt(prompt)  # validates the length
+        self.prompt = prompt
+
+    def next_frame(self) -> np.ndarray:
+        """The next frame, uint8 RGB (H, W, 3)."""
+        return self.generator.step([self])[0]
+
+    def fork(self, seed: int | None = None) -> StreamSession:
+        """An independent copy; with ``seed`` its random stream is re-seeded (a variation)."""
+        other = self.generator.restore(self.snapshot())
+        if seed is not None:
+            other.rng.manual_seed(seed)
+            other.seed = seed
+        return other
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of carried state (independent of the frame index)."""
+        sets = [self.states] + ([self.states_uncond] if self.states_uncond else [])
+        return sum(t.numel() * t.element_size() for s in sets for st in s
+                   for t in (st.total, st.count))
+
+    # -- snapshots --------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        header = {
+            "format": "pomstream.session",
+            "version": SNAPSHOT_VERSION,
+            "config": self.generator.model.cfg.fingerprint(),
+            "model": self.generator.model.cfg.name,
+            "weights": self.generator.digest,
+            "frame_index": self.frame_index,
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "params": asdict(self.params),
+        }
+        tensors = {"rng": self.rng.get_state()}
+        for name, states in (("cond", self.states), ("uncond", self.states_uncond)):
+            for i, st in enumerate(states or []):
+                tensors[f"{name}.{i}.total"] = st.total.detach().cpu().contiguous()
+                tensors[f"{name}.{i}.count"] = st.count.detach().cpu().contiguous()
+        head = json.dumps(header, sort_keys=True).encode()
+        return SNAPSHOT_MAGIC + struct.pack("<I", len(head)) + head + st_save(tensors)
+
+    def restore(self, data: bytes) -> None:
+        """Replace this session's whole state with a snapshot of the same model."""
+        header, tensors = _parse_snapshot(data)
+        gen = self.generator
+        if header["config"] != gen.model.cfg.fingerprint():
+            raise SnapshotError(f"snapshot is of model {header['model']!r} with another "
+                                f"architecture than the loaded {gen.model.cfg.name!r}")
+        if header["weights"] != gen.digest:
+            raise SnapshotError("snapshot was made with other weights than the loaded model's")
+        try:
+            params = GenerationParams(**header["params"])
+            depth = len(gen.model.blocks)
+            load = lambda name: [PoMState(  # noqa: E731
+                tensors[f"{name}.{i}.total"].to(gen.device, gen.state_dtype),
+                tensors[f"{name}.{i}.count"].to(gen.device, gen.state_dtype))
+                for i in range(depth)]
+            states = load("cond")
+            states_uncond = load("uncond") if params.uses_cfg else None
+            expected = gen.model.empty_states(1, gen.device, gen.state_dtype)
+            for got, want in zip(states + (states_uncond or []), expected * 2, strict=False):
+                if got.total.shape != want.total.shape or got.count.shape != want.count.shape:
+                    raise SnapshotError("state tensor shapes do not match the model")
+            cond = gen.encode_prompt(header["prompt"])
+            rng_state = tensors["rng"]
+        except (KeyError, TypeError) as exc:
+            raise SnapshotError(f"snapshot is incomplete: {exc}") from exc
+        self.params, self.seed, self.frame_index = params, int(header["seed"]), int(
+            header["frame_index"])
+        self.states, self.states_uncond = states, states_uncond
+        self.prompt, self._cond = header["prompt"], cond
+        self.rng.set_state(rng_state)
+
+
+def _parse_snapshot(data: bytes) -> tuple[dict, dict[str, Tensor]]:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise SnapshotError("a snapshot is bytes")
+    data = bytes(data)
+    if not data.startswith(SNAPSHOT_MAGIC) or len(data) < len(SNAPSHOT_MAGIC) + 4:
+        raise SnapshotError("not a pomstream session snapshot")
+    start = len(SNAPSHOT_MAGIC)
+    (n,) = struct.unpack("<I", data[start : start + 4])
+    try:
+        header = json.loads(data[start + 4 : start + 4 + n])
+        tensors = st_load(data[start + 4 + n :])
+    except Exception as exc:  # noqa: BLE001 - any decoding failure means a corrupt snapshot
+        raise SnapshotError(f"corrupt snapshot: {exc}") from exc
+    if header.get("format") != "pomstream.session":
+        raise SnapshotError("not a pomstream session snapshot")
+    if header.get("version") != SNAPSHOT_VERSION:
+        raise SnapshotError(f"snapshot version {header.get('version')} is not supported "
+                            f"(this build reads version {SNAPSHOT_VERSION})")
+    return header, tensors
+
+
+class StreamGenerator:
+    """Owns a model and steps any number of :class:`StreamSession` s, batched."""
+
+    def __init__(self, model: VideoDiT, prompt_cache: int = 256):
+        self.model = model.eval().requires_grad_(False)
+        self.cfg = model.cfg
+        self.autoencoder = build_autoencoder(model.cfg)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        # states accumulate over thousands of frames: keep them at least in float32
+        self.state_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        self._digest: str | None = None
+        self._prompts: OrderedDict[str, Tensor] = OrderedDict()
+        self._prompt_cache = prompt_cache
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = weights_digest(self.model)
+        return self._digest
+
+    def session(self, prompt: str, seed: int = 0, **params) -> StreamSession:
+        return StreamSession(self, prompt, seed, GenerationParams(**params))
+
+    def restore(self, data: bytes) -> StreamSession:
+        """A session continued from ``snapshot()`` bytes."""
+        header, _ = _parse_snapshot(data)
+        session = StreamSession(self, "", 0, GenerationParams(**header["params"]))
+        session.restore(data)
+        return session
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> Tensor:
+        if not isinstance(prompt, str):
+            raise TypeError("prompt must be a string")
+        if prompt in self._prompts:
+            self._prompts.move_to_end(prompt)
+            return self._prompts[prompt]
+        vec = self.model.encode_prompts([prompt])  # (1, D)
+        self._prompts[prompt] = vec
+        if len(self._prompts) > self._prompt_cache:
+            self._prompts.popitem(last=False)
+        return vec
+
+    @torch.no_grad()
+    def step(self, sessions: list[StreamSession]) -> list[np.ndarray]:
+        """Advance each session by one frame; frames come back in the order given."""
+        if len({id(s) for s in sessions}) != len(sessions):
+            raise ValueError("a session appears twice in one step")
+        frames: list[np.ndarray | None] = [None] * len(sessions)
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(sessions):
+            if s.generator is not self:
+                raise ValueError("session belongs to another generator")
+            groups.setdefault(s.params.batch_key(), []).append(i)
+        for idx in groups.values():
+            for i, frame in zip(idx, self._step_group([sessions[i] for i in idx]), strict=True):
+                frames[i] = frame
+        return frames  # type: ignore[return-value]
+
+    def _noise(self, sessions: list[StreamSession]) -> Tensor:
+        shape = self.autoencoder.latent_shape
+        x = torch.stack([torch.randn(shape, generator=s.rng) for s in sessions])
+        return x.to(self.device, self.dtype)
+
+    def _step_group(self, sessions: list[StreamSession]) -> np.ndarray:
+        p, n, model = sessions[0].params, len(sessions), self.model
+        cond = torch.cat([s._cond for s in sessions])  # (n, D)
+        def stacked(attr: str) -> list[PoMState]:
+            return [PoMState.cat(layer)
+                    for layer in zip(*(getattr(s, attr) for s in sessions), strict=True)]
+
+        states = stacked("states")
+        x = self._noise(sessions)  # (n, C, H, W)
+        if p.uses_cfg:  # conditional rows first, then unconditional ones
+            cond = torch.cat([cond, self.encode_prompt("").expand(n, -1)])  # (2n, D)
+            states = [PoMState.cat([a, b])
+                      for a, b in zip(states, stacked("states_uncond"), strict=True)]
+            scale = torch.tensor([s.params.guidance for s in sessions], device=self.device)
+
+        def velocity(x: Tensor, t: Tensor) -> Tensor:
+            if not p.uses_cfg:
+                return model.step(x, t, cond, states)[0]
+            v, _ = model.step(torch.cat([x, x]), torch.cat([t, t]), cond, states)
+            v_cond, v_uncond = v.chunk(2)
+            return guided(v_cond, v_uncond, scale)
+
+        x0 = make_sampler(p.sampler, p.steps, self.cfg.timestep_shift).sample(velocity, x)
+        # fold the finished frame into the states (at noise level context_noise)
+        ctx = x0
+        if p.context_noise > 0:
+            ctx = (1 - p.context_noise) * x0 + p.context_noise * self._noise(sessions)
+        reps = 2 if p.uses_cfg else 1
+        t_ctx = torch.full((n * reps,), p.context_noise, device=self.device, dtype=self.dtype)
+        _, new = model.step(ctx.repeat(reps, 1, 1, 1), t_ctx, cond, states)
+        per_session = list(zip(*(st.split() for st in new), strict=True))  # [reps*n][depth]
+        for i, s in enumerate(sessions):
+            s.states = [st.to_dtype(self.state_dtype) for st in per_session[i]]
+            if p.uses_cfg:
+                s.states_uncond = [st.to_dtype(self.state_dtype) for st in per_session[n + i]]
+            s.frame_index += 1
+            s.last_latent = x0[i]
+        return self.autoencoder.decode(x0)
+
+    def generate(self, prompt: str, frames: int, seed: int = 0, **params) -> Iterator[np.ndarray]:
+        """Frames of one new video, one at a time."""
+        session = self.session(prompt, seed, **params)
+        for _ in range(frames):
+            yield session.next_frame()
+

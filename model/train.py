@@ -1,0 +1,199 @@
+"""Training loop: rectified flow with diffusion forcing on Moving-digits clips.
+
+Runs on a CPU, on one GPU (bf16 autocast) or on several through ``torchrun`` (DDP: one
+process per GPU, each drawing its own clips). A run folder holds
+
+- ``model.safetensors`` + ``model.json``: the EMA weights and config (what you ship),
+- ``train_state.pt``: raw weights, EMA, optimizer, step and RNG states (to resume),
+- ``log.jsonl``: one line per logging interval (loss, learning rate, throughput) and
+  one per evaluation.
+
+Checkpoints are written to a temporary name and renamed, so a crash mid-write leaves
+the previous checkpoint intact; ``--resume`` continues from the last one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .autoencoder import build_autoencoder
+from .checkpoint import save_model
+from .config import ModelConfig
+from .data import MovingDigits
+from .diffusion import flow_loss
+from .dit import VideoDiT
+
+
+@dataclass
+class TrainArgs:
+    out: str
+    steps: int = 1000
+    batch: int = 16
+    lr: float = 3e-4
+    warmup: int = 100
+    ema: float = 0.999
+    prompt_dropout: float = 0.1
+    seed: int = 0
+    ckpt_every: int = 200
+    keep_every: int = 0  # also keep model_step{N}.safetensors every N steps (0: never)
+    log_every: int = 20
+    eval_every: int = 0  # 0: evaluate only at the end (when eval_videos > 0)
+    eval_videos: int = 0
+    device: str = "auto"
+    resume: bool = False
+    max_minutes: float = 0.0  # stop (and checkpoint) after this long; 0 = no limit
+
+
+def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local)
+            return rank, world, torch.device("cuda", local)
+        return rank, world, torch.device("cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return 0, 1, torch.device(device)
+
+
+def _lr_at(step: int, args: TrainArgs) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def make_batch(data: MovingDigits, ae, rng: np.random.Generator, batch: int, frames: int,
+               prompt_dropout: float) -> tuple[torch.Tensor, list[str]]:
+    clips = data.batch(rng, batch, frames)
+    video = np.stack([c.frames for c in clips])  # (B, F, H, W) uint8
+    x0 = ae.encode(video.reshape(-1, *video.shape[2:]))  # (B*F, C, H, W)
+    x0 = x0.unflatten(0, (batch, frames))  # (B, F, C, H, W)
+    prompts = ["" if rng.random() < prompt_dropout else c.prompt for c in clips]
+    return x0, prompts
+
+
+def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
+    """Train ``cfg`` as ``args`` say; returns the path of the EMA model file."""
+    rank, world, device = _setup_distributed(args.device)
+    out = Path(args.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    model = VideoDiT(cfg).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    state_path = out / "train_state.pt"
+    step, elapsed_before = 0, 0.0
+    np_rng = np.random.default_rng([args.seed, rank])
+    t_rng = torch.Generator().manual_seed(args.seed * 1000 + rank)
+    if args.resume and state_path.exists():
+        st = torch.load(state_path, map_location=device, weights_only=False)
+        if st["config"] != cfg.to_json():
+            raise ValueError(f"{state_path} was trained with another config; use another --out")
+        model.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
+        step, elapsed_before = st["step"], st.get("elapsed", 0.0)
+        np_rng.bit_generator.state = st["np_rng"][rank] if rank < len(st["np_rng"]) else \
+            np_rng.bit_generator.state
+        t_rng.set_state(st["t_rng"])
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    data = MovingDigits("train", size=cfg.frame_size)
+    ae = build_autoencoder(cfg)
+    amp = device.type == "cuda"
+    log = (out / "log.jsonl").open("a") if rank == 0 else None
+    bar = tqdm(total=args.steps, initial=step, disable=rank != 0, desc="train", unit="step")
+    t_start, running, n_running = time.time(), 0.0, 0
+
+    def checkpoint():
+        if rank != 0:
+            return
+        elapsed = elapsed_before + time.time() - t_start
+        save_model(ema, out / "model.safetensors",
+                   extra={"step": step, "train_seconds": round(elapsed, 1),
+                          "hardware": _hardware(device, world)})
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"config": cfg.to_json(), "model": model.state_dict(), "ema": ema.state_dict(),
+                    "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                    "np_rng": [np_rng.bit_generator.state], "t_rng": t_rng.get_state()}, tmp)
+        tmp.replace(state_path)
+
+    while step < args.steps:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, args)
+        x0, prompts = make_batch(data, ae, np_rng, args.batch, cfg.train_clip_frames,
+                                 args.prompt_dropout)
+        x0 = x0.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            cond = model.encode_prompts(prompts) if world == 1 else net.module.encode_prompts(
+                prompts)
+            loss = flow_loss(net, x0, cond, t_rng)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        step += 1
+        running += loss.item()
+        n_running += 1
+        bar.update(1)
+        if step % args.log_every == 0 or step == args.steps:
+            avg = running / n_running
+            bar.set_postfix(loss=f"{avg:.4f}")
+            if log:
+                elapsed = elapsed_before + time.time() - t_start
+                log.write(json.dumps({"step": step, "loss": round(avg, 5),
+                                      "lr": _lr_at(step - 1, args),
+                                      "elapsed_s": round(elapsed, 1)}) + "\n")
+                log.flush()
+            running, n_running = 0.0, 0
+        if step % args.ckpt_every == 0:
+            checkpoint()
+        if rank == 0 and args.keep_every and step % args.keep_every == 0:
+            save_model(ema, out / f"model_step{step}.safetensors", extra={"step": step})
+        if evaluate_fn and rank == 0 and args.eval_every and step % args.eval_every == 0:
+            _log_eval(log, step, evaluate_fn(ema, args.eval_videos))
+        if args.max_minutes and time.time() - t_start > args.max_minutes * 60:
+            bar.write(f"time limit reached at step {step}")
+            break
+    checkpoint()
+    bar.close()
+    if evaluate_fn and rank == 0 and args.eval_videos:
+        _log_eval(log, step, evaluate_fn(ema, args.eval_videos))
+    if world > 1:
+        dist.destroy_process_group()
+    return out / "model.safetensors"
+
+
+def _log_eval(log, step: int, scores: dict) -> None:
+    tqdm.write(f"eval at step {step}: {json.dumps(scores)}")
+    if log:
+        log.write(json.dumps({"step": step, "eval": scores}) + "\n")
+        log.flush()
+
+
+def _hardware(device: torch.device, world: int) -> str:
+    if device.type == "cuda":
+        return f"{world} x {torch.cuda.get_device_name(device)}"
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"

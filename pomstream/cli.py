@@ -1,0 +1,184 @@
+"""The ``pomstream`` command line: generate, train, evaluate, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+
+def _gen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="demo",
+                   help="'demo' (bundled), a .safetensors file, a run folder or a registry size")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps per frame")
+    p.add_argument("--sampler", choices=["euler", "heun"], default=None)
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--context-noise", type=float, default=None,
+                   help="noise level at which finished frames enter the state")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+
+
+def _gen_params(args) -> dict:
+    from model.checkpoint import generation_defaults
+
+    params = generation_defaults(args.model)
+    for key in ("steps", "sampler", "guidance", "context_noise"):
+        if getattr(args, key) is not None:
+            params[key] = getattr(args, key)
+    return params
+
+
+def _load_generator(args):
+    import torch
+
+    from model import StreamGenerator, load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return StreamGenerator(load_model(args.model, device=args.device))
+
+
+def cmd_generate(args) -> int:
+    from tqdm import tqdm
+
+    from server.encoding import Mp4Writer
+
+    if args.frames < 1:
+        raise ValueError("--frames must be at least 1")
+    gen = _load_generator(args)
+    session = gen.session(args.prompt, seed=args.seed, **_gen_params(args))
+    size, fps = gen.cfg.frame_size, args.fps or gen.cfg.fps
+    t0 = time.perf_counter()
+    with Mp4Writer(args.output, size, size, fps) as writer:
+        for _ in tqdm(range(args.frames), desc="generate", unit="frame"):
+            writer.write(session.next_frame())
+    dt = time.perf_counter() - t0
+    print(f"wrote {args.output}: {args.frames} frames of {size}x{size} at {fps} fps "
+          f"({args.frames / dt:.1f} frames/s)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from model.config import get_config
+    from model.train import TrainArgs, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value) if value[:1] in "0123456789-tf[{\"" else value
+    cfg = get_config(args.model, **overrides)
+    known = {f.name for f in fields(TrainArgs)}
+    targs = TrainArgs(**{k: v for k, v in vars(args).items() if k in known and v is not None})
+    evaluate_fn = None
+    if targs.eval_videos:
+        from model.evaluate import evaluate_generator
+        from model.streaming import StreamGenerator
+
+        def evaluate_fn(ema, n):
+            return evaluate_generator(StreamGenerator(ema), n, frames=args.eval_frames,
+                                      windows=((0, 20),), progress=False)
+    path = train(cfg, targs, evaluate_fn)
+    print(f"model written to {path}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from model import evaluate as ev
+
+    if args.input:
+        if not args.prompt:
+            raise ValueError("--input needs --prompt (the digits the video should show)")
+        scores = ev.evaluate_file(args.input, args.prompt)
+    else:
+        gen = _load_generator(args)
+        last = args.frames
+        windows = ((0, min(20, last)),) + (((last - 20, last),) if last > 40 else ())
+        scores = ev.evaluate_generator(gen, args.videos, frames=last, windows=windows,
+                                       seed=args.seed, **_gen_params(args))
+        scores["reference"] = ev.reference_scores(videos=args.videos, seed=args.seed)
+    text = json.dumps(scores, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from bench.frame_step import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pomstream", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="generate a video to an MP4 file")
+    p.add_argument("--prompt", required=True, help='e.g. "digits 3 and 7"')
+    p.add_argument("--frames", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=int, default=0, help="frame rate (0: the model's)")
+    p.add_argument("--output", "-o", default="out.mp4")
+    _gen_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="train a video DiT on Moving-digits clips")
+    p.add_argument("--model", default="pom-dit-demo", help="registry size to train")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set depth=6")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, log)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--ckpt-every", dest="ckpt_every", type=int)
+    p.add_argument("--keep-every", dest="keep_every", type=int)
+    p.add_argument("--log-every", dest="log_every", type=int)
+    p.add_argument("--eval-every", dest="eval_every", type=int)
+    p.add_argument("--eval-videos", dest="eval_videos", type=int)
+    p.add_argument("--eval-frames", dest="eval_frames", type=int, default=20)
+    p.add_argument("--max-minutes", dest="max_minutes", type=float)
+    p.add_argument("--device")
+    p.add_argument("--resume", action="store_true", default=None)
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a model's videos (or one MP4) objectively")
+    p.add_argument("--input", help="score this video file instead of generating")
+    p.add_argument("--prompt", help="the prompt of --input")
+    p.add_argument("--videos", type=int, default=8)
+    p.add_argument("--frames", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the scores to this file")
+    _gen_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="frame-step benchmark (see bench/frame_step.py --help)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"pomstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

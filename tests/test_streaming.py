@@ -1,0 +1,149 @@
+"""The streaming generator against the parallel frame-causal forward, and its sessions."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from model import SnapshotError, StreamGenerator, load_model, save_model
+
+from .conftest import randomized_model
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("spatial,decay", [(True, True), (False, False)])
+def test_step_equals_parallel_forward(spatial, decay):
+    """Frame f streamed against the states of frames < f (clean, t=0) equals the parallel
+    frame-causal forward over the clip with those frames at t=0 and frame f at its level."""
+    model = randomized_model(spatial_mixer=spatial, temporal_decay=decay)
+    cfg = model.cfg
+    B, nf = 2, 5
+    x = torch.randn(B, nf, cfg.channels, cfg.frame_size, cfg.frame_size, dtype=torch.float64)
+    cond = model.encode_prompts(["digit 1", "digits 2 and 3"])
+    states = model.empty_states(B, dtype=torch.float64)
+    for f in range(nf):
+        level = torch.full((B,), 0.37 + 0.1 * f, dtype=torch.float64)
+        v_stream, _ = model.step(x[:, f], level, cond, states)
+        t = torch.zeros(B, f + 1, dtype=torch.float64)
+        t[:, f] = level
+        v_par = model(x[:, : f + 1], t, cond)[:, f]
+        assert rel_err(v_stream, v_par) < 1e-9, f
+        _, states = model.step(x[:, f], torch.zeros(B, dtype=torch.float64), cond, states)
+
+
+def test_generator_frame_equals_parallel_forward(tiny_model):
+    """The generator's own frames: one Euler step from the session's noise gives
+    x0 = eps - v(eps, t=1), v from the parallel forward over the clean past frames."""
+    gen = StreamGenerator(tiny_model)
+    session = gen.session("digits 4 and 2", seed=7, steps=1, sampler="euler")
+    latents = []
+    for _ in range(4):
+        session.next_frame()
+        latents.append(session.last_latent)
+    rng = torch.Generator().manual_seed(7)
+    shape = gen.autoencoder.latent_shape
+    noise = [torch.randn(shape, generator=rng).double() for _ in latents]
+    cond = tiny_model.encode_prompts(["digits 4 and 2"])
+    for f in range(len(latents)):
+        clip = torch.stack(latents[:f] + [noise[f]])[None]  # (1, f+1, C, H, W)
+        t = torch.zeros(1, f + 1, dtype=torch.float64)
+        t[0, f] = 1.0
+        v = tiny_model(clip, t, cond)[0, f]
+        assert rel_err(latents[f], noise[f] - v) < 1e-9
+
+
+def test_batched_sessions_equal_alone(tiny_model):
+    model = tiny_model.float()
+    gen = StreamGenerator(model)
+    specs = [("digit 1", 1, 1.0), ("digits 5 and 6", 2, 2.5), ("digits 7, 8 and 9", 3, 1.0)]
+    alone = []
+    for prompt, seed, g in specs:
+        s = gen.session(prompt, seed=seed, steps=3, guidance=g)
+        alone.append(np.stack([s.next_frame() for _ in range(4)]))
+    sessions = [gen.session(p, seed=seed, steps=3, guidance=g) for p, seed, g in specs]
+    batched = [[] for _ in specs]
+    for _ in range(4):
+        for i, frame in enumerate(gen.step(sessions)):
+            batched[i].append(frame)
+    for i in range(len(specs)):
+        diff = np.abs(np.stack(batched[i]).astype(int) - alone[i].astype(int))
+        assert diff.max() <= 1, (i, diff.max())  # float32 GEMMs of other shapes may round
+        assert (diff == 0).mean() > 0.99
+    # and the prompts matter: the three sessions differ
+    assert not np.array_equal(batched[0][0], batched[2][0])
+
+
+def test_session_cost_constant(tiny_model):
+    gen = StreamGenerator(tiny_model)
+    s = gen.session("digit 3", steps=1)
+    s.next_frame()
+    before = s.state_bytes
+    for _ in range(30):
+        s.next_frame()
+    assert s.state_bytes == before and s.frame_index == 31
+
+
+def test_snapshot_restore_fork_prompt_change(tiny_model):
+    gen = StreamGenerator(tiny_model)
+    s = gen.session("digit 3", seed=5, steps=2, guidance=1.5)
+    for _ in range(3):
+        s.next_frame()
+    snap = s.snapshot()
+    fork = s.fork()
+    variant = s.fork(seed=99)
+    ref = [s.next_frame() for _ in range(3)]
+    restored = gen.restore(snap)
+    assert restored.frame_index == 3 and restored.prompt == "digit 3"
+    assert all(np.array_equal(a, restored.next_frame()) for a in ref)
+    assert all(np.array_equal(a, fork.next_frame()) for a in ref)
+    assert not np.array_equal(ref[0], variant.next_frame())
+    # a new prompt changes what comes next, and the snapshot remembers it
+    other = gen.restore(snap)
+    other.set_prompt("digits 8 and 8")
+    changed = other.next_frame()
+    assert not np.array_equal(changed, ref[0])
+    again = gen.restore(other.snapshot())
+    assert again.prompt == "digits 8 and 8"
+
+
+def test_snapshot_rejects_bad_input(tiny_model):
+    gen = StreamGenerator(tiny_model)
+    snap = gen.session("digit 1").snapshot()
+    with pytest.raises(SnapshotError):
+        gen.restore(b"not a snapshot")
+    with pytest.raises(SnapshotError):
+        gen.restore(snap[: len(snap) // 2])
+    other = StreamGenerator(randomized_model(seed=1))
+    with pytest.raises(SnapshotError, match="other weights"):
+        other.restore(snap)
+    with pytest.raises(ValueError, match="at most"):
+        gen.session("x" * 500)
+    with pytest.raises(ValueError, match="steps"):
+        gen.session("digit 1", steps=0)
+
+
+RESUME_SCRIPT = """
+import sys, numpy as np
+from model import StreamGenerator, load_model
+gen = StreamGenerator(load_model(sys.argv[1]))
+s = gen.restore(open(sys.argv[2], "rb").read())
+np.save(sys.argv[3], np.stack([s.next_frame() for _ in range(4)]))
+"""
+
+
+def test_restore_in_fresh_process(tmp_path, tiny_model):
+    path = save_model(tiny_model.float(), tmp_path / "tiny.safetensors")
+    gen = StreamGenerator(load_model(path))
+    s = gen.session("digits 1 and 2", seed=3, steps=2, guidance=2.0, context_noise=0.1)
+    for _ in range(3):
+        s.next_frame()
+    (tmp_path / "snap.bin").write_bytes(s.snapshot())
+    expected = np.stack([s.next_frame() for _ in range(4)])
+    subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(path), str(tmp_path / "snap.bin"),
+                    str(tmp_path / "frames.npy")], check=True)
+    assert np.array_equal(np.load(tmp_path / "frames.npy"), expected)
