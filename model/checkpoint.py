@@ -44,8 +44,9 @@ def read_config(path: str | Path) -> ModelConfig:
 
 
 def resolve(spec: str | Path) -> Path | None:
-    """A model file for ``spec``: "demo", a registry name with bundled weights, or a path."""
-    if str(spec) in ("demo", "pom-dit-demo"):
+    """The model file for ``spec`` ("demo": the bundled one; or a path), or None for a
+    registry size, which ``load_model`` builds with random weights."""
+    if str(spec) == "demo":
         return DEMO_MODEL
     path = Path(spec)
     if path.is_dir():

@@ -1,0 +1,41 @@
+"""The command line, end to end: a real MP4 that PyAV decodes."""
+
+import subprocess
+import sys
+
+from model import save_model
+from server.encoding import read_frames
+
+from .conftest import randomized_model
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "pomstream", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_generate_writes_decodable_mp4(tmp_path):
+    path = save_model(randomized_model().float(), tmp_path / "tiny.safetensors")
+    out = tmp_path / "v.mp4"
+    res = run_cli("generate", "--model", str(path), "--prompt", "digits 3 and 7",
+                  "--frames", "9", "--steps", "2", "--output", str(out))
+    assert res.returncode == 0, res.stderr
+    frames = read_frames(out)
+    assert frames.shape == (9, 16, 16, 3)
+    assert "9 frames" in res.stdout
+
+
+def test_generate_with_bundled_demo_model(tmp_path):
+    out = tmp_path / "demo.mp4"
+    res = run_cli("generate", "--prompt", "digit 5", "--frames", "3", "--output", str(out))
+    assert res.returncode == 0, res.stderr
+    assert read_frames(out).shape == (3, 64, 64, 3)
+
+
+def test_generate_reports_bad_input(tmp_path):
+    res = run_cli("generate", "--prompt", "x" * 400, "--frames", "2",
+                  "--output", str(tmp_path / "x.mp4"))
+    assert res.returncode == 2 and "at most" in res.stderr
+    assert not (tmp_path / "x.mp4").exists() and not list(tmp_path.glob("*.part"))
+    res = run_cli("generate", "--prompt", "digit 1", "--model", str(tmp_path / "none.safetensors"))
+    assert res.returncode == 2 and "no model file" in res.stderr
