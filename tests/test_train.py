@@ -54,7 +54,8 @@ def test_checkpoint_reloads_exactly_and_resume_continues(tmp_path):
     train(CFG, TrainArgs(out=str(straight), **args))
     train(CFG, TrainArgs(out=str(split), max_minutes=1e-9, **args))  # stops after one step
     train(CFG, TrainArgs(out=str(split), resume=True, **args))
-    a, b = load_file(str(straight / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    a = load_file(str(straight / "model.safetensors"))
+    b = load_file(str(split / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the saved file gives the same outputs as the weights it came from
     model = load_model(straight / "model.safetensors")
