@@ -1,0 +1,1 @@
+"""The serving side: video encoding now; API, engine, workers and queue to come."""
