@@ -380,21 +380,12 @@ def evaluate_generator(generator, prompts_or_n: int | Sequence[str], frames: int
     return result
 
 
-def read_video(path: str | Path) -> np.ndarray:
-    """All frames of a video file as uint8 RGB (F, H, W, 3)."""
-    import av
-
-    with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    if not frames:
-        raise ValueError(f"{path} has no video frames")
-    return np.stack(frames)
-
-
 def evaluate_file(path: str | Path, prompt: str | Sequence[int],
                   classifier: DigitClassifier | None = None) -> dict[str, float]:
     """Score a video file (e.g. an MP4 the server wrote) against its prompt."""
-    return score_video(read_video(path), prompt, classifier)
+    from server.encoding import read_frames
+
+    return score_video(read_frames(path), prompt, classifier)
 
 
 # -- command line --------------------------------------------------------------------------------
