@@ -26,8 +26,15 @@ def add_noise(x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
 
 def sample_levels(batch: int, frames: int, generator: torch.Generator | None = None,
                   clean_prefix_prob: float = 0.5, clean_level: float = 0.05) -> Tensor:
-    """Per-frame noise levels (B, F) for diffusion-forcing training."""
-    t = torch.sigmoid(torch.randn(batch, frames, generator=generator))  # logit-normal
+    """Per-frame noise levels (B, F) for diffusion-forcing training.
+
+    Half the levels are logit-normal (dense in the middle, where denoising is learnt) and
+    half uniform: a logit-normal alone almost never draws t near 1, where every sampler
+    starts, and a small model then fails on its very first step.
+    """
+    logit_normal = torch.sigmoid(torch.randn(batch, frames, generator=generator))
+    uniform = torch.rand(batch, frames, generator=generator)
+    t = torch.where(torch.rand(batch, frames, generator=generator) < 0.5, logit_normal, uniform)
     prefix = torch.randint(0, frames, (batch, 1), generator=generator)
     use = torch.rand(batch, 1, generator=generator) < clean_prefix_prob
     before = torch.arange(frames)[None] < prefix

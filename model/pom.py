@@ -239,12 +239,15 @@ class PoM(nn.Module):
         if state is None:
             state = self.empty_state(B, x.device, x.dtype)
         hc, hs = self._project(x, None)  # (B, m, eD), (B, m, H)
-        chunk = self.features(hc).sum(1)  # (B, eD)
-        total, count = state.total.to(chunk.dtype), state.count.to(chunk.dtype)
+        # accumulate in the wider of the state's and the compute dtype: a bf16 network
+        # keeps a float32 state, which thousands of frames of sums would otherwise erode
+        acc = torch.promote_types(state.total.dtype, hc.dtype)
+        chunk = self.features(hc).sum(1).to(acc)  # (B, eD)
+        total, count = state.total.to(acc), state.count.to(acc)
         gamma = self.decay()
         if gamma is not None:
-            gamma = gamma.to(chunk.dtype)
+            gamma = gamma.to(acc)
             total, count = gamma * total, gamma * count
         new = PoMState(total + chunk, count + m)
-        hbar = (new.total / new.count.clamp_min(1))[:, None]  # (B, 1, eD)
+        hbar = (new.total / new.count.clamp_min(1))[:, None].to(hc.dtype)  # (B, 1, eD)
         return self._select(hs, hbar), new

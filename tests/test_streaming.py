@@ -147,3 +147,13 @@ def test_restore_in_fresh_process(tmp_path, tiny_model):
     subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(path), str(tmp_path / "snap.bin"),
                     str(tmp_path / "frames.npy")], check=True)
     assert np.array_equal(np.load(tmp_path / "frames.npy"), expected)
+
+
+def test_bf16_model_keeps_float32_state(tiny_model):
+    gen = StreamGenerator(tiny_model.to(torch.bfloat16))
+    s = gen.session("digit 2", steps=2)
+    for _ in range(3):
+        frame = s.next_frame()
+    assert frame.shape == (16, 16, 3)
+    assert all(st.total.dtype == torch.float32 and st.count.dtype == torch.float32
+               for st in s.states)
