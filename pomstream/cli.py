@@ -1,4 +1,4 @@
-"""The ``pomstream`` command line: generate, train, evaluate, bench."""
+"""The ``pomstream`` command line: generate, train, evaluate, bench, serve, api, worker."""
 
 from __future__ import annotations
 
@@ -117,6 +117,66 @@ def cmd_bench(args) -> int:
     return bench_main(args.rest)
 
 
+_SERVER_OPTIONS = {  # flag -> (Settings field, type, help); unset flags keep env/defaults
+    "--host": ("host", str, "address to listen on (default 127.0.0.1)"),
+    "--port": ("port", int, "port to listen on (default 8000)"),
+    "--redis-url": ("redis_url", str, "Redis URL (serve: default in-process backend)"),
+    "--prefix": ("redis_prefix", str, "Redis key prefix"),
+    "--model": ("model", str, "'demo' (bundled), a .safetensors file or a registry size"),
+    "--device": ("device", str, "torch device for the worker"),
+    "--threads": ("threads", int, "torch CPU threads (0: torch's default)"),
+    "--steps": ("steps", int, "sampling steps per frame"),
+    "--storage-dir": ("storage_dir", str, "directory for finished videos"),
+    "--max-sessions": ("max_sessions", int, "videos a worker generates at once"),
+    "--snapshot-every": ("snapshot_every", int, "frames between snapshots (= keyframes)"),
+    "--claim-idle-ms": ("claim_idle_ms", int, "idle time after which a job is reclaimed"),
+    "--worker-id": ("worker_id", str, "worker (consumer) name"),
+}
+
+
+def _server_args(p: argparse.ArgumentParser, roles: str) -> None:
+    for flag, (dest, kind, text) in _SERVER_OPTIONS.items():
+        if roles == "worker" and dest in ("host", "port"):
+            continue
+        p.add_argument(flag, dest=dest, type=kind, default=None, help=text)
+    if roles != "worker":
+        p.add_argument("--api-key", dest="api_keys", action="append", default=None,
+                       help="accepted Bearer key (repeat for several; env POMSTREAM_API_KEYS)")
+
+
+def _settings(args):
+    from server.settings import Settings
+
+    given = {dest: getattr(args, dest, None) for dest, *_ in _SERVER_OPTIONS.values()}
+    given["api_keys"] = getattr(args, "api_keys", None)
+    return Settings(**{k: v for k, v in given.items() if v is not None})
+
+
+def _server_main(args, run) -> int:
+    from server.app import configure_logging
+
+    configure_logging()
+    return run(_settings(args))
+
+
+def cmd_serve(args) -> int:
+    from server.app import run_server
+
+    return _server_main(args, lambda s: run_server(s, with_worker=True))
+
+
+def cmd_api(args) -> int:
+    from server.app import run_server
+
+    return _server_main(args, lambda s: run_server(s, with_worker=False))
+
+
+def cmd_worker(args) -> int:
+    from server.app import run_worker
+
+    return _server_main(args, run_worker)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pomstream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="frame-step benchmark (see bench/frame_step.py --help)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="API + worker in one process (no Redis needed)")
+    _server_args(p, "serve")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("api", help="the HTTP/WebSocket API alone (needs --redis-url)")
+    _server_args(p, "api")
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("worker", help="a generation worker (needs --redis-url)")
+    _server_args(p, "worker")
+    p.set_defaults(func=cmd_worker)
     return parser
 
 

@@ -32,6 +32,17 @@ recent keyframe on (``Fragment.keyframe``); a keyframe comes every ``keyframe_in
 frames (scene-cut keyframes are disabled so the cadence is exact). Fragments carry their
 real decode time (``tfdt``), so such a viewer's buffer starts at that time, not at 0: seek
 the media element to ``buffered.start(0)`` or set ``SourceBuffer.timestampOffset``.
+
+Restarting mid-stream
+---------------------
+A server that lost its encoder (a crashed worker) restarts one with ``start_index=k`` at a
+keyframe-aligned frame k: fragments then carry the sequence numbers and decode times of
+frames k, k+1, ... as if the first encoder had gone on. For the restarted encoder's
+reference pictures to match what a decoder reconstructed from the first encoder's
+fragments, the encoding of a GOP must not depend on anything before it: with ``qp`` set
+(constant quantizer) there is no rate-control history, so the same frames from the same
+keyframe on encode to the same pictures. With ``crf`` the quantizer of a frame depends on
+the complexity of earlier GOPs, and a restarted encoder drifts slightly.
 """
 
 from __future__ import annotations
@@ -222,6 +233,9 @@ class LiveEncoder:
     ``encode(frame)`` returns the frame's complete :class:`Fragment` immediately.
     ``close()`` returns trailing bytes (empty in practice, since the encoder holds nothing
     back). Keyframes fall on frames 0, k, 2k, ... for ``keyframe_interval`` k.
+    ``start_index`` (a multiple of k) starts the numbering there, for an encoder restarted
+    mid-stream; ``frames`` is the index of the next frame. ``qp`` sets a constant quantizer
+    instead of ``crf`` (see "Restarting mid-stream" above).
     """
 
     def __init__(
@@ -232,6 +246,8 @@ class LiveEncoder:
         crf: int = 20,
         keyframe_interval: int | None = None,
         preset: str = "veryfast",
+        start_index: int = 0,
+        qp: int | None = None,
     ):
         self.width, self.height = _check_size(width, height)
         self.fps = Fraction(fps)
@@ -244,7 +260,13 @@ class LiveEncoder:
         if keyframe_interval < 1:
             raise ValueError(f"keyframe_interval must be >= 1, got {keyframe_interval}")
         self.keyframe_interval = int(keyframe_interval)
-        self.frames = 0
+        if start_index < 0 or start_index % self.keyframe_interval:
+            raise ValueError(f"start_index must be a multiple of keyframe_interval "
+                             f"{self.keyframe_interval}, got {start_index}")
+        if qp is not None and not 0 <= qp <= 51:
+            raise ValueError(f"qp must be in 0..51, got {qp}")
+        self.start_index = int(start_index)
+        self.frames = self.start_index  # index of the next frame
         self._closed = False
 
         self._sink = _Sink()
@@ -257,7 +279,7 @@ class LiveEncoder:
         self._stream.options = {
             "preset": preset,
             "tune": "zerolatency",  # no frame threads, no lookahead: a packet per frame
-            "crf": str(crf),
+            **({"qp": str(qp)} if qp is not None else {"crf": str(crf)}),
             "bf": "0",
             "g": str(self.keyframe_interval),
             "forced-idr": "1",  # forced keyframes are IDR frames, where decoding may start

@@ -1,0 +1,656 @@
+"""The engine: a worker that turns queued video jobs into frames, fragments and MP4 files.
+
+Threads
+-------
+A :class:`Worker` runs one *stepping thread* that owns the model. Each pass of its loop:
+
+1. admits jobs from the :class:`~server.queue.JobQueue` while it has free slots
+   (continuous batching: sessions join and leave between frames, never inside one);
+2. drops jobs that were cancelled or deleted, or whose encoding failed;
+3. advances *all* active sessions by one frame in a single ``generator.step(sessions)``.
+
+Everything after the model is done off the stepping thread, on *encode lanes*: a few
+single-thread executors, each job pinned to one lane so its work runs in order. Per frame a
+lane encodes the frame into an fMP4 fragment (:class:`~server.fmp4.LiveEncoder`), appends
+it to the job's frame stream and publishes progress. A job whose lane falls too far behind
+holds the stepping thread back (bounded memory). A separate *heartbeat thread* refreshes
+the leases of every job the worker holds, so a long step never lets a live job go stale.
+
+Crash safety
+------------
+Every ``snapshot_every`` frames, and after the last one, the stepping thread snapshots each
+session (its whole past is a PoM state of fixed size) and queues the save on the job's lane,
+*after* that frame's fragment: a stored snapshot of frame k therefore always has fragments
+0..k-1 before it. The keyframe interval equals ``snapshot_every``, so frame k starts a GOP
+(the snapshot after the last frame is kept for continuing a finished video). A worker that
+takes over a job (the first one died; XAUTOCLAIM moved the lease) restores the snapshot,
+restarts the encoder at frame k and regenerates frames k, k+1, ... bit for bit (same seed,
+same state). Fragments already stored are ignored by index, so the stream never has a gap
+or a repeat. The encoder runs at a constant quantizer, so a GOP encodes the same whoever
+encodes it and the restarted encoder's pictures match what viewers already decoded. The
+sampling parameters and encoder settings are fixed in the job record by the first worker
+that starts a job; later workers use those, not their own settings.
+
+Ending a job (always on its lane, after its last fragment)
+----------------------------------------------------------
+* completed: the frame stream (init + every fragment) is read back and concatenated into
+  the final fragmented MP4, which PyAV must decode to exactly the asked number of frames;
+  it goes to storage with a thumbnail and a spritesheet, then the record is marked
+  completed, its keys get the video TTL and the lease is acked;
+* failed or cancelled: the record is marked failed with ``{"code", "message"}``; acked;
+* deleted: acked, nothing else is written (the keys are gone);
+* lease lost to another worker: dropped silently, the new owner carries on;
+* graceful stop (SIGTERM): no new jobs; each session steps on to its next snapshot point
+  (at most ``snapshot_every - 1`` frames), is snapshotted, and its lease is released, which
+  requeues the job at once for another worker.
+
+Redis outages (``QueueUnavailable``) drop the active jobs locally without acking them;
+they come back through XAUTOCLAIM once Redis is back.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import re
+import socket
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import numpy as np
+
+from model.streaming import SnapshotError, StreamGenerator, StreamSession
+from server.fmp4 import LiveEncoder
+from server.queue import (
+    FINAL_STATUSES,
+    EndEntry,
+    FragmentEntry,
+    InitConflict,
+    InitEntry,
+    JobNotFound,
+    JobQueue,
+    Lease,
+    QueueUnavailable,
+    StreamClosed,
+    check_id,
+)
+from server.storage import Storage
+
+log = logging.getLogger("pomstream.engine")
+
+SPRITE_FRAMES = 16  # frames in a spritesheet (a 4 x 4 grid)
+SWEEP_EVERY_S = 600  # how often a worker removes expired files from the storage
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields) -> None:
+    """A structured log line: the JSON formatter (server.app) writes ``fields`` as keys."""
+    logger.log(level, event, extra={"fields": fields})
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+class EngineError(Exception):
+    """Base class of the engine's errors."""
+
+
+class JobError(EngineError):
+    """A job that cannot be produced; ``code`` and ``message`` go into the video's error."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+    def payload(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class WorkerDead(EngineError, RuntimeError):
+    """The worker's stepping thread is not running (crashed or stopped)."""
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """What a queued video job asks for (the payload of its queue entry)."""
+
+    id: str
+    prompt: str
+    frames: int
+    seed: int
+    seconds: str
+    size: str
+    model: str
+    remixed_from_video_id: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        return {"kind": "video", "id": self.id, "prompt": self.prompt, "frames": self.frames,
+                "seed": self.seed, "seconds": self.seconds, "size": self.size,
+                "model": self.model, "remixed_from_video_id": self.remixed_from_video_id}
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> VideoJob:
+        try:
+            job = cls(id=check_id(data["id"], "job id"), prompt=str(data["prompt"]),
+                      frames=int(data["frames"]), seed=int(data["seed"]),
+                      seconds=str(data["seconds"]), size=str(data["size"]),
+                      model=str(data["model"]),
+                      remixed_from_video_id=data.get("remixed_from_video_id"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise JobError("invalid_job", f"malformed job payload: {exc}") from exc
+        if job.frames < 1:
+            raise JobError("invalid_job", f"a video needs at least one frame, got {job.frames}")
+        return job
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How a job is produced; fixed in the job record when its first worker starts it."""
+
+    params: dict[str, Any]
+    keyframe_interval: int
+    qp: int
+
+    def record(self) -> dict[str, Any]:
+        return {"params": self.params, "keyframe_interval": self.keyframe_interval,
+                "qp": self.qp}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> EngineConfig:
+        return cls(dict(data["params"]), int(data["keyframe_interval"]), int(data["qp"]))
+
+
+@dataclass(eq=False)
+class ActiveJob:
+    """A job this worker holds: its session, encoder, lane and bookkeeping."""
+
+    lease: Lease
+    job: VideoJob
+    config: EngineConfig
+    session: StreamSession
+    encoder: LiveEncoder
+    lane: ThreadPoolExecutor
+    started: float = field(default_factory=time.monotonic)
+    pending: deque[Future] = field(default_factory=deque)
+    error: BaseException | None = None  # set by the lane: stop this job
+    lost: bool = False  # the lease went to another worker: write nothing more
+    progress: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+
+class WorkerRegistry:
+    """Which workers are alive: a sorted set of worker id -> last heartbeat (unix time).
+
+    The API's ``/readyz`` asks it whether any worker beat recently.
+    """
+
+    def __init__(self, queue: JobQueue):
+        self.queue = queue
+        self.key = f"{queue.keys.prefix}:workers"
+
+    def beat(self, worker_id: str) -> None:
+        self.queue.redis.zadd(self.key, {worker_id: time.time()})
+
+    def remove(self, worker_id: str) -> None:
+        self.queue.redis.zrem(self.key, worker_id)
+
+    def alive(self, max_age_s: float) -> list[str]:
+        try:
+            ids = self.queue.redis.zrangebyscore(self.key, time.time() - max_age_s, "+inf")
+        except Exception as exc:  # noqa: BLE001 - any Redis failure: nobody is known alive
+            raise QueueUnavailable(str(exc)) from exc
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+
+# --- the worker -------------------------------------------------------------------------
+
+
+class Worker:
+    """Runs video jobs from ``queue`` on ``generator``; ``start()`` it, ``stop()`` it."""
+
+    def __init__(self, queue: JobQueue, generator: StreamGenerator, storage: Storage, *,
+                 worker_id: str | None = None, max_sessions: int = 8, snapshot_every: int = 16,
+                 qp: int = 20, encode_threads: int = 1, video_ttl_s: int = 86_400,
+                 params: dict[str, Any] | None = None, max_pending: int = 32):
+        self.queue, self.generator, self.storage = queue, generator, storage
+        default_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"w-{socket.gethostname()}-{os.getpid()}")
+        self.id = check_id(worker_id or default_id[-64:], "worker id")
+        self.max_sessions, self.snapshot_every, self.qp = max_sessions, snapshot_every, qp
+        self.video_ttl_s, self.params, self.max_pending = video_ttl_s, params or {}, max_pending
+        self.registry = WorkerRegistry(queue)
+        cfg = generator.cfg
+        self.width = self.height = cfg.frame_size
+        self.fps = cfg.fps
+        self._lanes = [ThreadPoolExecutor(1, thread_name_prefix=f"encode{i}")
+                       for i in range(encode_threads)]
+        self._next_lane = 0
+        self._active: list[ActiveJob] = []
+        self._finishing: list[ActiveJob] = []
+        self._lock = threading.Lock()  # guards _active/_finishing for the heartbeat thread
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._heart: threading.Thread | None = None
+        self.frames_made = 0
+        self.crashed: BaseException | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> Worker:
+        self.queue.ensure_group()
+        self.registry.beat(self.id)
+        self._thread = threading.Thread(target=self._run, name="stepper", daemon=True)
+        self._heart = threading.Thread(target=self._heartbeat_loop, name="heartbeat",
+                                       daemon=True)
+        self._thread.start()
+        self._heart.start()
+        log_event(log, "worker.start", worker=self.id, max_sessions=self.max_sessions)
+        return self
+
+    def stop(self, timeout: float | None = 60.0) -> None:
+        """Graceful stop: no new jobs, snapshot and release the running ones, exit."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._heart is not None:
+            self._heart.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def check_alive(self) -> None:
+        if not self.alive:
+            raise WorkerDead(f"worker {self.id} is not running"
+                             + (f": {self.crashed!r}" if self.crashed else ""))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker has stopped; True if it did within ``timeout``."""
+        return self._stopped.wait(timeout)
+
+    @property
+    def active_jobs(self) -> int:
+        return len(self._active)
+
+    # -- the stepping thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._admit()
+                    if self._active:
+                        self._drop_finished_or_stopped()
+                        self._step_or_fail(self._active)
+                except QueueUnavailable as exc:
+                    self._lose_all(exc)
+                    self._stop.wait(1.0)
+            self._drain()
+        except BaseException as exc:  # a bug: say so loudly, leave the leases to XAUTOCLAIM
+            self.crashed = exc
+            log.exception("worker.crash")
+        finally:
+            for lane in self._lanes:
+                lane.shutdown(wait=True)
+            try:
+                self.registry.remove(self.id)
+            except Exception:  # noqa: BLE001 - Redis may be down at exit; the entry ages out
+                pass
+            self._stopped.set()
+            log_event(log, "worker.stop", worker=self.id, frames=self.frames_made)
+
+    def _admit(self) -> None:
+        free = self.max_sessions - len(self._active)
+        if free <= 0:
+            return
+        t0 = time.monotonic()
+        block = None if self._active else 500
+        leases = self.queue.take(self.id, count=free, block_ms=block)
+        if not leases and not self._active and time.monotonic() - t0 < 0.05:
+            self._stop.wait(0.05)  # a backend that does not block (fakeredis): do not spin
+        for lease in leases:
+            self._start_job(lease)
+
+    def _start_job(self, lease: Lease) -> None:
+        try:
+            job = VideoJob.from_payload(lease.job)
+        except JobError as exc:
+            self._end_now(lease, exc)
+            return
+        record = self.queue.get_job(job.id)
+        if record is None or record.get("status") in FINAL_STATUSES:
+            self.queue.ack(lease)  # deleted, or finished by a worker that died before acking
+            return
+        try:
+            config = self._config(job.id, record)
+            session, start = self._session(job, config)
+            # a session snapshotted at its end needs no more frames (the encoder stays idle)
+            encoder = LiveEncoder(self.width, self.height, self.fps, qp=config.qp,
+                                  keyframe_interval=config.keyframe_interval,
+                                  start_index=start if start < job.frames else 0)
+            self.queue.set_init(job.id, encoder.init_segment(), encoder.mime_type)
+        except (SnapshotError, InitConflict, ValueError, TypeError) as exc:
+            self._end_now(lease, JobError("resume_failed", f"cannot start the job: {exc}"))
+            return
+        except (JobNotFound, StreamClosed):
+            self.queue.ack(lease)
+            return
+        lane = self._lanes[self._next_lane % len(self._lanes)]
+        self._next_lane += 1
+        active = ActiveJob(lease, job, config, session, encoder, lane,
+                           progress=int(record.get("progress") or 0))
+        self.queue.update_job(job.id, status="in_progress")
+        self.queue.publish_event(job.id, {"type": "status", "status": "in_progress",
+                                          "frame": start})
+        log_event(log, "job.start", job_id=job.id, worker=self.id, start_frame=start,
+                  frames=job.frames, resumed=record.get("status") == "in_progress")
+        with self._lock:
+            self._active.append(active)
+        if start >= job.frames:  # snapshotted at its very end: only the MP4 is missing
+            self._retire(active, "finalize")
+
+    def _config(self, job_id: str, record: dict[str, Any]) -> EngineConfig:
+        if record.get("engine"):
+            return EngineConfig.from_record(record["engine"])
+        config = EngineConfig(dict(self.params), self.snapshot_every, self.qp)
+        self.queue.update_job(job_id, engine=config.record())
+        return config
+
+    def _session(self, job: VideoJob, config: EngineConfig) -> tuple[StreamSession, int]:
+        snap = self.queue.load_snapshot(job.id)
+        if snap is None:
+            return self.generator.session(job.prompt, job.seed, **config.params), 0
+        session = self.generator.restore(snap.data)
+        return session, session.frame_index
+
+    def _drop_finished_or_stopped(self) -> None:
+        """Between frames: end jobs that were cancelled, deleted, lost or failed."""
+        for a in list(self._active):
+            if a.lost:
+                self._forget(a)
+            elif a.error is not None:
+                self._retire(a, "fail", a.error)
+            elif self.queue.is_cancelled(a.id):
+                gone = self.queue.get_job(a.id) is None
+                reason = None if gone else JobError("cancelled", "the video was cancelled")
+                self._retire(a, "fail", reason)
+
+    def _step_or_fail(self, batch: list[ActiveJob]) -> None:
+        """One batched frame; a model error fails the jobs of that batch, not the worker."""
+        try:
+            self._step(batch)
+        except (QueueUnavailable, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported in each job's error
+            log.exception("worker.step_error")
+            for a in list(batch):
+                if a in self._active:
+                    self._retire(a, "fail", exc)
+
+    def _step(self, batch: list[ActiveJob]) -> None:
+        if not batch:
+            return
+        for a in batch:  # backpressure: a lane far behind holds the model back
+            while len(a.pending) > self.max_pending:
+                a.pending.popleft().result()
+            while a.pending and a.pending[0].done():
+                a.pending.popleft()
+        frames = self.generator.step([a.session for a in batch])
+        self.frames_made += len(batch)
+        for a, frame in zip(list(batch), frames, strict=True):
+            made = a.session.frame_index  # frames made so far; this one is made - 1
+            a.pending.append(a.lane.submit(self._guarded, a, self._emit, a, made - 1, frame))
+            # Snapshot at each GOP start, and at the end: a finished video keeps its state
+            # (until it expires), so it can be continued later without recomputing it.
+            if made >= a.job.frames or made % a.config.keyframe_interval == 0:
+                snap = a.session.snapshot()  # now, on this thread: the session moves on
+                a.pending.append(a.lane.submit(self._guarded, a, self._save_snapshot, a,
+                                               snap, made))
+            if made >= a.job.frames:
+                self._retire(a, "finalize")
+
+    def _retire(self, a: ActiveJob, end: str, error: BaseException | None = None) -> None:
+        """Move a job out of the batch; its ``end`` ("finalize", "fail" or "release") runs
+        on its lane after the work already queued there."""
+        with self._lock:
+            if a in self._active:
+                self._active.remove(a)
+            self._finishing.append(a)
+        a.lane.submit(self._run_end, a, end, error)
+
+    def _forget(self, a: ActiveJob) -> None:
+        """Drop a job without writing anything (its lease is gone)."""
+        a.lost = True
+        with self._lock:
+            if a in self._active:
+                self._active.remove(a)
+        a.lane.submit(a.encoder.close)
+        log_event(log, "job.lost", logging.WARNING, job_id=a.id, worker=self.id)
+
+    def _lose_all(self, exc: BaseException) -> None:
+        log_event(log, "worker.redis_unavailable", logging.ERROR, worker=self.id,
+                  error=str(exc), dropped=[a.id for a in self._active])
+        for a in list(self._active):
+            self._forget(a)
+
+    def _drain(self) -> None:
+        """Graceful stop: step each session to its next snapshot point, then release it."""
+        while True:
+            behind = [a for a in self._active if a.error is None and not a.lost
+                      and a.session.frame_index % a.config.keyframe_interval]
+            if not behind:
+                break
+            try:
+                self._step_or_fail(behind)
+            except QueueUnavailable:
+                break
+        for a in list(self._active):
+            self._retire(a, "release")
+        for a in list(self._finishing):
+            a.done.wait(60)
+
+    # -- lane tasks (one lane per job: they run in submission order) ----------------------
+
+    def _guarded(self, a: ActiveJob, fn, *args) -> None:
+        if a.error is not None or a.lost:
+            return
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the stepping thread
+            a.error = exc
+
+    def _emit(self, a: ActiveJob, index: int, frame: np.ndarray) -> None:
+        fragment = a.encoder.encode(frame)
+        if fragment.index != index:
+            raise RuntimeError(f"encoder at frame {fragment.index}, expected {index}")
+        self.queue.append_fragment(a.id, index, fragment.data, fragment.keyframe)
+        progress = min(99, (index + 1) * 100 // a.job.frames)
+        if progress > a.progress:
+            a.progress = progress
+            self.queue.update_job(a.id, progress=progress)
+            self.queue.publish_event(a.id, {"type": "progress", "progress": progress,
+                                            "frames": index + 1, "total": a.job.frames})
+
+    def _save_snapshot(self, a: ActiveJob, data: bytes, frame: int) -> None:
+        self.queue.save_snapshot(a.id, data, frame)
+
+    def _run_end(self, a: ActiveJob, end: str, error: BaseException | None) -> None:
+        try:
+            if a.lost:
+                return
+            if a.error is not None and end != "fail":
+                end, error = "fail", a.error
+            if end == "finalize":
+                self._finalize(a)
+            elif end == "release":
+                self._release(a)
+            else:
+                self._fail(a, error)
+        except (JobNotFound, StreamClosed):
+            self._ack(a)  # deleted (or already ended) meanwhile: nothing left to write
+        except QueueUnavailable as exc:
+            log_event(log, "job.end_failed", logging.ERROR, job_id=a.id, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - last resort: record the failure
+            log.exception("job.end_error")
+            try:
+                self._fail(a, exc)
+            except Exception:  # noqa: BLE001 - Redis gone too; XAUTOCLAIM retries the job
+                pass
+        finally:
+            a.encoder.close()
+            with self._lock:
+                if a in self._finishing:
+                    self._finishing.remove(a)
+            a.done.set()
+
+    def _finalize(self, a: ActiveJob) -> None:
+        data = self._assemble(a)
+        frames = _decode_all(data)
+        if len(frames) != a.job.frames:
+            raise JobError("encoding_error", f"the video decodes to {len(frames)} frames, "
+                           f"expected {a.job.frames}")
+        self.storage.put(a.id, "video", data)
+        self.storage.put(a.id, "thumbnail", encode_png(frames[len(frames) // 2]))
+        self.storage.put(a.id, "spritesheet", encode_png(spritesheet(frames)))
+        self.queue.finish_job(a.id, "completed")
+        self.queue.expire_job(a.id, self.video_ttl_s)
+        self._ack(a)
+        elapsed = time.monotonic() - a.started
+        log_event(log, "job.completed", job_id=a.id, worker=self.id, frames=a.job.frames,
+                  seconds=round(elapsed, 3), bytes=len(data))
+
+    def _assemble(self, a: ActiveJob) -> bytes:
+        """init + every fragment, read back from the frame stream (it has all of them,
+        also those written by a worker that died)."""
+        init, parts, after = None, [], "0-0"
+        while True:
+            entries = self.queue.read_fragments(a.id, after=after, count=512)
+            if not entries:
+                break
+            after = entries[-1].entry_id
+            for e in entries:
+                if isinstance(e, InitEntry):
+                    init = e.data
+                elif isinstance(e, FragmentEntry):
+                    if e.index != len(parts):
+                        raise JobError("encoding_error", f"fragment {e.index} out of order")
+                    parts.append(e.data)
+        if init is None or len(parts) != a.job.frames:
+            raise JobError("encoding_error", f"frame stream holds {len(parts)} of "
+                           f"{a.job.frames} fragments")
+        return init + b"".join(parts)
+
+    def _fail(self, a: ActiveJob, error: BaseException | None) -> None:
+        if error is None or isinstance(error, JobNotFound):  # deleted: nothing to mark
+            self._ack(a)
+            log_event(log, "job.deleted", job_id=a.id, worker=self.id)
+            return
+        if isinstance(error, QueueUnavailable):
+            raise error
+        reason = error if isinstance(error, JobError) else JobError(
+            "generation_error", f"{type(error).__name__}: {error}")
+        self.queue.finish_job(a.id, "failed", reason.payload())
+        self.queue.expire_job(a.id, self.video_ttl_s)
+        self._ack(a)
+        level = logging.INFO if reason.code == "cancelled" else logging.ERROR
+        log_event(log, "job.failed", level, job_id=a.id, worker=self.id, code=reason.code,
+                  error=reason.message)
+
+    def _release(self, a: ActiveJob) -> None:
+        self.queue.release(a.lease)
+        log_event(log, "job.released", job_id=a.id, worker=self.id,
+                  frame=a.session.frame_index)
+
+    def _ack(self, a: ActiveJob) -> None:
+        self.queue.ack(a.lease)
+
+    def _end_now(self, lease: Lease, error: JobError) -> None:
+        """Fail a job that never became active."""
+        try:
+            self.queue.finish_job(lease.job_id, "failed", error.payload())
+            self.queue.expire_job(lease.job_id, self.video_ttl_s)
+        except (JobNotFound, StreamClosed, ValueError):
+            pass
+        self.queue.ack(lease)
+        log_event(log, "job.failed", logging.ERROR, job_id=lease.job.get("id"),
+                  worker=self.id, code=error.code, error=error.message)
+
+    # -- the heartbeat thread -----------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.queue.heartbeat_interval_s
+        next_sweep = time.monotonic()
+        while not self._stopped.wait(interval):
+            if time.monotonic() >= next_sweep:  # expired videos leave the storage too
+                next_sweep = time.monotonic() + SWEEP_EVERY_S
+                try:
+                    self.storage.sweep(self.video_ttl_s)
+                except OSError as exc:
+                    log_event(log, "worker.sweep_failed", logging.WARNING, error=str(exc))
+            with self._lock:
+                held = self._active + self._finishing
+            try:
+                self.registry.beat(self.id)
+                by_entry = {a.lease.entry_id: a for a in held}
+                for lease in self.queue.heartbeat([a.lease for a in held]):
+                    by_entry[lease.entry_id].lost = True
+            except QueueUnavailable as exc:
+                log_event(log, "worker.heartbeat_failed", logging.WARNING, error=str(exc))
+
+
+# --- media helpers ----------------------------------------------------------------------
+
+
+def _decode_all(data: bytes) -> list[np.ndarray]:
+    with av.open(io.BytesIO(data)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """An RGB uint8 image as PNG bytes (PyAV's png encoder: no extra dependency)."""
+    codec = av.CodecContext.create("png", "w")
+    codec.width, codec.height, codec.pix_fmt = image.shape[1], image.shape[0], "rgb24"
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    return b"".join(bytes(p) for p in codec.encode(frame) + codec.encode(None))
+
+
+def spritesheet(frames: list[np.ndarray], count: int = SPRITE_FRAMES) -> np.ndarray:
+    """Up to ``count`` evenly spaced frames in a square-ish grid, row by row."""
+    picks = [frames[round(i)] for i in np.linspace(0, len(frames) - 1, min(count, len(frames)))]
+    cols = math.ceil(math.sqrt(len(picks)))
+    rows = math.ceil(len(picks) / cols)
+    h, w, _ = picks[0].shape
+    sheet = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i, frame in enumerate(picks):
+        r, c = divmod(i, cols)
+        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = frame
+    return sheet
+
+
+def read_stream(queue: JobQueue, job_id: str) -> tuple[bytes | None, list[bytes], EndEntry | None]:
+    """The init segment, fragments and end entry stored so far (tests and tools)."""
+    init, parts, end, after = None, [], None, "0-0"
+    while entries := queue.read_fragments(job_id, after=after, count=512):
+        after = entries[-1].entry_id
+        for e in entries:
+            if isinstance(e, InitEntry):
+                init = e.data
+            elif isinstance(e, FragmentEntry):
+                parts.append(e.data)
+            elif isinstance(e, EndEntry):
+                end = e
+    return init, parts, end
+

@@ -1,0 +1,131 @@
+"""Server settings: environment variables ``POMSTREAM_*``, overridable from the command line.
+
+One :class:`Settings` object configures every process role (``serve``, ``api``, ``worker``),
+so a deployment sets the same variables on all of them. Lists (``POMSTREAM_API_KEYS``) are
+comma separated.
+
+What a request may ask for depends on the model (:class:`ModelInfo`): its one frame size
+("WxH"), its frame rate and the prompt length its byte encoder reads. :func:`model_info`
+reads these from the model file's config without loading the weights, so an API process
+that never runs the model validates requests against the same limits as the workers.
+
+Security rule: with no API keys the server is open to whoever can connect, so it must only
+be reachable from this machine; :meth:`Settings.check_exposure` refuses a non-loopback host
+without keys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+log = logging.getLogger("pomstream.settings")
+
+
+class SettingsError(ValueError):
+    """A configuration the server refuses to run with."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POMSTREAM_", extra="ignore")
+
+    # where jobs live: None runs an in-process Redis-compatible backend (fakeredis)
+    redis_url: str | None = None
+    redis_prefix: str = "pomstream"
+    claim_idle_ms: int = Field(30_000, ge=100)  # a dead worker's job moves after this idle
+    # the model and how it samples
+    model: str = "demo"
+    device: str = "cpu"
+    threads: int = Field(0, ge=0)  # torch CPU threads, 0 = torch's default
+    steps: int | None = Field(None, ge=1, le=1000)  # None: the model card's default
+    sampler: str | None = None
+    guidance: float | None = None
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # worker
+    worker_id: str | None = None
+    max_sessions: int = Field(8, ge=1, le=1024)
+    snapshot_every: int = Field(16, ge=1, le=10_000)  # frames; also the keyframe interval
+    encoder_qp: int = Field(20, ge=0, le=51)
+    encode_threads: int = Field(1, ge=1, le=64)
+    # storage and expiry
+    storage_dir: Path = Path("pomstream-data/videos")
+    video_ttl_s: int = Field(24 * 3600, ge=1)
+    # request limits (the prompt length and sizes come from the model)
+    max_seconds: int = Field(60, ge=1)
+    default_seconds: int = Field(4, ge=1)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):
+            value = value.split(",")
+        return [k.strip() for k in value if k and k.strip()]
+
+    @property
+    def loopback_only(self) -> bool:
+        return not self.api_keys
+
+    def check_exposure(self) -> None:
+        """Refuse to serve without keys on a non-loopback address; warn on loopback."""
+        if self.api_keys:
+            return
+        if not is_loopback(self.host):
+            raise SettingsError(
+                f"refusing to listen on {self.host!r} without API keys: set POMSTREAM_API_KEYS "
+                "(comma separated) or bind to 127.0.0.1")
+        log.warning("no API keys configured: the server accepts connections from this "
+                    "machine (loopback) only")
+
+    def generation_params(self) -> dict:
+        """Sampling settings: the model card's defaults, overridden by these settings."""
+        from model.checkpoint import generation_defaults
+
+        params = generation_defaults(self.model)
+        for key in ("steps", "sampler", "guidance"):
+            if getattr(self, key) is not None:
+                params[key] = getattr(self, key)
+        return params
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What clients can ask of the served model."""
+
+    name: str
+    width: int
+    height: int
+    fps: int
+    max_prompt_bytes: int
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def model_info(spec: str) -> ModelInfo:
+    """The served model's format, read from its config (no weights are loaded)."""
+    from model.checkpoint import read_config, resolve
+    from model.config import get_config
+
+    path = resolve(spec)
+    cfg = get_config(str(spec)) if path is None else read_config(path)
+    return ModelInfo(cfg.name, cfg.frame_size, cfg.frame_size, cfg.fps, cfg.max_prompt_bytes)

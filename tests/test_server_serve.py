@@ -1,0 +1,51 @@
+"""``pomstream serve`` with no configuration: an in-process queue (fakeredis behind the
+same JobQueue), the API and a worker in one process, one video end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+
+from tests.redis_helpers import free_port
+from tests.test_server_support import ROOT, ServerProcess, decode, wait_for, ws_collect, ws_url
+
+pytest_plugins = ["tests.test_server_support"]
+
+
+def test_serve_without_redis_makes_a_video(tiny_model_file, tmp_path):
+    port = free_port()
+    proc = ServerProcess("serve", tmp_path, tiny_model_file, port=port).start()
+    try:
+        proc.wait_ready()
+        log = proc.log()
+        assert f"serving on http://127.0.0.1:{port}" in log and "fakeredis" in log
+        assert "loopback" in log  # no keys: it says it only accepts this machine
+        url = proc.url
+        video = httpx.post(f"{url}/v1/videos", json={"prompt": "digit 8", "seconds": "2"},
+                           timeout=10).json()
+        texts, blobs = ws_collect(ws_url(url, video["id"]))
+        assert texts[-1]["status"] == "completed" and len(blobs) == 1 + 16
+        done = wait_for(lambda: (v := httpx.get(f"{url}/v1/videos/{video['id']}").json())
+                        ["status"] == "completed" and v, 30, what="completion")
+        data = httpx.get(f"{url}/v1/videos/{done['id']}/content", timeout=10).content
+        assert decode(data).shape == (16, 16, 16, 3)
+        assert (decode(b"".join(blobs)) == decode(data)).all()
+    finally:
+        assert proc.stop() == 0, proc.log()
+    assert '"event": "worker.stop"' in proc.log()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pomstream", *args], cwd=ROOT, timeout=120,
+                          capture_output=True, text=True)
+
+
+def test_refuses_unsafe_or_incomplete_configurations():
+    res = run_cli("serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert res.returncode == 2 and "without API keys" in res.stderr, res.stderr
+    res = run_cli("worker")
+    assert res.returncode == 2 and "REDIS_URL" in res.stderr, res.stderr
+    res = run_cli("api")
+    assert res.returncode == 2 and "REDIS_URL" in res.stderr, res.stderr
