@@ -120,7 +120,8 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.dim
-        pom_args = dict(degree=cfg.degree, expand=cfg.expand, n_sel_heads=cfg.n_sel_heads)
+        pom_args = dict(degree=cfg.degree, expand=cfg.expand, n_sel_heads=cfg.n_sel_heads,
+                        coeff_init=cfg.coeff_init)
         self.spatial = PoM(d, **pom_args) if cfg.spatial_mixer else None
         self.temporal = PoM(d, **pom_args, temporal_decay=cfg.temporal_decay,
                             decay_max=cfg.decay_max)

@@ -86,6 +86,7 @@ class PoM(nn.Module):
         decay_max: upper bound of ``gamma``; ``1 / (1 - decay_max)`` bounds the memory in
             frames, which keeps the state in the regime seen on short training clips.
         decay_init: initial ``gamma``.
+        coeff_init: polynomial coefficients start uniform in +-coeff_init (the paper: tiny).
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class PoM(nn.Module):
         temporal_decay: bool = False,
         decay_max: float = 0.9,
         decay_init: float = 0.6,
+        coeff_init: float = 1e-3,
     ):
         super().__init__()
         if degree < 1 or expand < 1 or dim < 1:
@@ -109,7 +111,7 @@ class PoM(nn.Module):
         self.inner, self.n_sel = inner, n_sel
         self.qc_proj = nn.Linear(dim, inner + n_sel, bias=False)
         self.se_bias = nn.Parameter(torch.zeros(n_sel))
-        self.po_coeff = nn.Parameter(torch.empty(inner, degree).uniform_(-1e-3, 1e-3))
+        self.po_coeff = nn.Parameter(torch.empty(inner, degree).uniform_(-coeff_init, coeff_init))
         self.ag_proj = nn.Linear(inner, dim, bias=False)
         self.decay_max = decay_max
         if temporal_decay:

@@ -130,6 +130,7 @@ _SERVER_OPTIONS = {  # flag -> (Settings field, type, help); unset flags keep en
     "--max-sessions": ("max_sessions", int, "videos a worker generates at once"),
     "--snapshot-every": ("snapshot_every", int, "frames between snapshots (= keyframes)"),
     "--claim-idle-ms": ("claim_idle_ms", int, "idle time after which a job is reclaimed"),
+    "--session-window": ("session_window", int, "frames a live session may run ahead"),
     "--worker-id": ("worker_id", str, "worker (consumer) name"),
 }
 

@@ -13,6 +13,10 @@ do everything else (:mod:`server.engine`).
   per frame as it is made, JSON ``status``/``progress`` messages in between and a final JSON
   ``end`` message. Every viewer reads the job's frame stream from its first entry and then
   follows it live, so one who joins late or reconnects gets the same bytes from the start.
+* ``WS /v1/sessions``: live sessions of unlimited length, steered by their viewer (prompt,
+  pause, resume, fork, stop): :mod:`server.live_ws`, design in :mod:`server.sessions`.
+* ``/``: the viewer page (``server/static/index.html``: Media Source Extensions, no build).
+* ``/metrics``: Prometheus text format (:mod:`server.metrics`).
 * ``/healthz`` (the process answers) and ``/readyz`` (Redis reachable, model known, a
   worker alive).
 
@@ -38,18 +42,22 @@ import re
 import secrets
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
 from server.app import Runtime
 from server.engine import VideoJob, WorkerDead, WorkerRegistry, log_event
+from server.metrics import CONTENT_TYPE as METRICS_TYPE
+from server.metrics import Gauge, queue_gauges
+from server.metrics import render as render_metrics
 from server.queue import (
     EndEntry,
     EventEntry,
@@ -304,9 +312,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     _install_error_handlers(app)
     app.state.settings = settings
     app.state.ws_limiter = anyio.CapacityLimiter(256)  # blocking stream reads, apart
+    app.state.live_viewers = 0  # open WS /v1/sessions connections (server.live_ws)
     app.include_router(_health_router())
+    app.include_router(_page_router())
+    app.include_router(_metrics_router(settings))
     app.include_router(_videos_router(settings))
     app.include_router(_stream_router(settings))
+    from server.live_ws import live_router  # it builds on this module's helpers
+
+    app.include_router(live_router(settings))
     return app
 
 
@@ -342,12 +356,49 @@ def _health_router() -> APIRouter:
     return router
 
 
-def _videos_router(settings: Settings) -> APIRouter:
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def _page_router() -> APIRouter:
+    """The viewer page (static, no secrets in it: the API key is typed into the page)."""
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html",
+                            headers={"Cache-Control": "no-cache"})
+
+    return router
+
+
+def _authorizer(settings: Settings):
     def authorize(request: Request) -> None:
         client = request.client.host if request.client else None
         _check_access(settings, client, _bearer(request.headers.get("authorization")))
 
-    router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+    return authorize
+
+
+def _metrics_router(settings: Settings) -> APIRouter:
+    """Prometheus metrics (server.metrics); guarded like the API (scrape with a Bearer key)."""
+    router = APIRouter(dependencies=[Depends(_authorizer(settings))])
+
+    @router.get("/metrics", include_in_schema=False)
+    def metrics(request: Request):
+        rt = _rt(request)
+        lines = queue_gauges(rt.queue)
+        viewers = Gauge("pomstream_live_viewers", "Open live-session WebSockets of this API.")
+        viewers.set(request.app.state.live_viewers)
+        lines += viewers.render()
+        if rt.worker is not None:
+            lines += rt.worker.metrics.render(rt.worker.active_by_kind())
+        return PlainTextResponse(render_metrics(lines), media_type=METRICS_TYPE)
+
+    return router
+
+
+def _videos_router(settings: Settings) -> APIRouter:
+    router = APIRouter(prefix="/v1", dependencies=[Depends(_authorizer(settings))])
 
     @router.post("/videos", openapi_extra=_CREATE_OPENAPI)
     async def create_video(request: Request):

@@ -76,7 +76,9 @@ def build_worker(settings: Settings, queue: JobQueue, storage: LocalStorage) -> 
     return Worker(queue, generator, storage, worker_id=settings.worker_id,
                   max_sessions=settings.max_sessions, snapshot_every=settings.snapshot_every,
                   qp=settings.encoder_qp, encode_threads=settings.encode_threads,
-                  video_ttl_s=settings.video_ttl_s, params=settings.generation_params())
+                  video_ttl_s=settings.video_ttl_s, params=settings.generation_params(),
+                  session_window=settings.session_window,
+                  viewer_timeout_s=settings.viewer_timeout_s)
 
 
 @dataclass

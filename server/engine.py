@@ -46,6 +46,18 @@ Ending a job (always on its lane, after its last fragment)
 
 Redis outages (``QueueUnavailable``) drop the active jobs locally without acking them;
 they come back through XAUTOCLAIM once Redis is back.
+
+Live sessions
+-------------
+Jobs of kind ``session`` (design in :mod:`server.sessions`) share the batch with videos.
+Before every frame the worker reads, in one round trip, each session's viewer state (pause,
+what was delivered) and control messages; a session that is paused or a window ahead of its
+viewer sits out of that step, and if nothing may step the thread waits 10 ms. Sessions have
+no end of their own: they end as ``detach`` (viewer gone: snapshot, ack or requeue) or
+``stop`` (completed), and a graceful stop snapshots them where they are before releasing.
+
+Metrics (:class:`~server.metrics.WorkerMetrics`): frames by kind, frames/s, time to first
+frame, per-frame latency (step start to fragment stored) and encode time.
 """
 
 from __future__ import annotations
@@ -68,6 +80,7 @@ import numpy as np
 
 from model.streaming import SnapshotError, StreamGenerator, StreamSession
 from server.fmp4 import LiveEncoder
+from server.metrics import WorkerMetrics
 from server.queue import (
     FINAL_STATUSES,
     EndEntry,
@@ -80,6 +93,15 @@ from server.queue import (
     QueueUnavailable,
     StreamClosed,
     check_id,
+)
+from server.sessions import (
+    TRIM_EVERY,
+    LiveState,
+    SessionJob,
+    SessionStore,
+    fork_job,
+    is_session,
+    new_encoder,
 )
 from server.storage import Storage
 
@@ -174,7 +196,7 @@ class ActiveJob:
     """A job this worker holds: its session, encoder, lane and bookkeeping."""
 
     lease: Lease
-    job: VideoJob
+    job: VideoJob | SessionJob
     config: EngineConfig
     session: StreamSession
     encoder: LiveEncoder
@@ -185,6 +207,12 @@ class ActiveJob:
     lost: bool = False  # the lease went to another worker: write nothing more
     progress: int = 0
     done: threading.Event = field(default_factory=threading.Event)
+    live: LiveState | None = None  # set for live sessions (server.sessions)
+    first_stored: bool = False  # this run stored a fragment (time to first frame is known)
+
+    @property
+    def kind(self) -> str:
+        return "video" if self.live is None else "session"
 
     @property
     def id(self) -> str:
@@ -224,13 +252,17 @@ class Worker:
     def __init__(self, queue: JobQueue, generator: StreamGenerator, storage: Storage, *,
                  worker_id: str | None = None, max_sessions: int = 8, snapshot_every: int = 16,
                  qp: int = 20, encode_threads: int = 1, video_ttl_s: int = 86_400,
-                 params: dict[str, Any] | None = None, max_pending: int = 32):
+                 params: dict[str, Any] | None = None, max_pending: int = 32,
+                 session_window: int = 8, viewer_timeout_s: float = 15.0):
         self.queue, self.generator, self.storage = queue, generator, storage
         default_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"w-{socket.gethostname()}-{os.getpid()}")
         self.id = check_id(worker_id or default_id[-64:], "worker id")
         self.max_sessions, self.snapshot_every, self.qp = max_sessions, snapshot_every, qp
         self.video_ttl_s, self.params, self.max_pending = video_ttl_s, params or {}, max_pending
         self.registry = WorkerRegistry(queue)
+        self.sessions = SessionStore(queue, viewer_timeout_s)
+        self.session_window = session_window
+        self.metrics = WorkerMetrics()
         cfg = generator.cfg
         self.width = self.height = cfg.frame_size
         self.fps = cfg.fps
@@ -285,6 +317,12 @@ class Worker:
     def active_jobs(self) -> int:
         return len(self._active)
 
+    def active_by_kind(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for a in list(self._active):
+            counts[a.kind] = counts.get(a.kind, 0) + 1
+        return counts
+
     # -- the stepping thread ------------------------------------------------------------
 
     def _run(self) -> None:
@@ -294,7 +332,7 @@ class Worker:
                     self._admit()
                     if self._active:
                         self._drop_finished_or_stopped()
-                        self._step_or_fail(self._active)
+                        self._step_ready()
                 except QueueUnavailable as exc:
                     self._lose_all(exc)
                     self._stop.wait(1.0)
@@ -324,7 +362,20 @@ class Worker:
         for lease in leases:
             self._start_job(lease)
 
+    def _step_ready(self) -> None:
+        """Step the jobs that may make a frame now; sessions paused or at the end of their
+        viewer's window sit out. If none may, wait a moment instead of spinning."""
+        batch = [a for a in self._active
+                 if a.live is None or a.live.ready(a.session.frame_index, self.session_window)]
+        if batch:
+            self._step_or_fail(batch)
+        else:
+            self._stop.wait(0.01)
+
     def _start_job(self, lease: Lease) -> None:
+        if is_session(lease):
+            self._start_session(lease)
+            return
         try:
             job = VideoJob.from_payload(lease.job)
         except JobError as exc:
@@ -348,9 +399,7 @@ class Worker:
         except (JobNotFound, StreamClosed):
             self.queue.ack(lease)
             return
-        lane = self._lanes[self._next_lane % len(self._lanes)]
-        self._next_lane += 1
-        active = ActiveJob(lease, job, config, session, encoder, lane,
+        active = ActiveJob(lease, job, config, session, encoder, self._pick_lane(),
                            progress=int(record.get("progress") or 0))
         self.queue.update_job(job.id, status="in_progress")
         self.queue.publish_event(job.id, {"type": "status", "status": "in_progress",
@@ -369,7 +418,8 @@ class Worker:
         self.queue.update_job(job_id, engine=config.record())
         return config
 
-    def _session(self, job: VideoJob, config: EngineConfig) -> tuple[StreamSession, int]:
+    def _session(self, job: VideoJob | SessionJob,
+                 config: EngineConfig) -> tuple[StreamSession, int]:
         snap = self.queue.load_snapshot(job.id)
         if snap is None:
             return self.generator.session(job.prompt, job.seed, **config.params), 0
@@ -378,6 +428,7 @@ class Worker:
 
     def _drop_finished_or_stopped(self) -> None:
         """Between frames: end jobs that were cancelled, deleted, lost or failed."""
+        self._poll_sessions()
         for a in list(self._active):
             if a.lost:
                 self._forget(a)
@@ -408,11 +459,18 @@ class Worker:
                 a.pending.popleft().result()
             while a.pending and a.pending[0].done():
                 a.pending.popleft()
+        t0 = time.monotonic()
         frames = self.generator.step([a.session for a in batch])
         self.frames_made += len(batch)
+        self.metrics.rate.add(len(batch))
         for a, frame in zip(list(batch), frames, strict=True):
             made = a.session.frame_index  # frames made so far; this one is made - 1
-            a.pending.append(a.lane.submit(self._guarded, a, self._emit, a, made - 1, frame))
+            self.metrics.frames.inc(kind=a.kind)
+            if a.live is not None:
+                self._session_frame(a, made, frame, t0)
+                continue
+            a.pending.append(a.lane.submit(self._guarded, a, self._emit, a, made - 1, frame,
+                                           t0))
             # Snapshot at each GOP start, and at the end: a finished video keeps its state
             # (until it expires), so it can be continued later without recomputing it.
             if made >= a.job.frames or made % a.config.keyframe_interval == 0:
@@ -450,6 +508,7 @@ class Worker:
         """Graceful stop: step each session to its next snapshot point, then release it."""
         while True:
             behind = [a for a in self._active if a.error is None and not a.lost
+                      and a.live is None  # a session is snapshotted where it is
                       and a.session.frame_index % a.config.keyframe_interval]
             if not behind:
                 break
@@ -458,6 +517,8 @@ class Worker:
             except QueueUnavailable:
                 break
         for a in list(self._active):
+            if a.live is not None and a.error is None:
+                self._queue_snapshot(a)
             self._retire(a, "release")
         for a in list(self._finishing):
             a.done.wait(60)
@@ -472,11 +533,22 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - handed to the stepping thread
             a.error = exc
 
-    def _emit(self, a: ActiveJob, index: int, frame: np.ndarray) -> None:
+    def _store_frame(self, a: ActiveJob, index: int, frame: np.ndarray, t0: float) -> None:
+        """Encode a frame and append its fragment; ``t0``: when its step started."""
+        start = time.monotonic()
         fragment = a.encoder.encode(frame)
+        self.metrics.encode.observe(time.monotonic() - start)
         if fragment.index != index:
             raise RuntimeError(f"encoder at frame {fragment.index}, expected {index}")
         self.queue.append_fragment(a.id, index, fragment.data, fragment.keyframe)
+        self.metrics.frame_latency.observe(time.monotonic() - t0, kind=a.kind)
+        if not a.first_stored:  # a queue entry's id is its enqueue time in ms
+            a.first_stored = True
+            queued = int(a.lease.entry_id.split("-")[0]) / 1000
+            self.metrics.ttff.observe(max(0.0, time.time() - queued), kind=a.kind)
+
+    def _emit(self, a: ActiveJob, index: int, frame: np.ndarray, t0: float) -> None:
+        self._store_frame(a, index, frame, t0)
         progress = min(99, (index + 1) * 100 // a.job.frames)
         if progress > a.progress:
             a.progress = progress
@@ -493,7 +565,9 @@ class Worker:
                 return
             if a.error is not None and end != "fail":
                 end, error = "fail", a.error
-            if end == "finalize":
+            if end in ("detach", "stop"):
+                self._end_session(a, end)
+            elif end == "finalize":
                 self._finalize(a)
             elif end == "release":
                 self._release(a)
@@ -587,6 +661,147 @@ class Worker:
         self.queue.ack(lease)
         log_event(log, "job.failed", logging.ERROR, job_id=lease.job.get("id"),
                   worker=self.id, code=error.code, error=error.message)
+
+    # -- live sessions (design: server.sessions) ------------------------------------------
+
+    def _start_session(self, lease: Lease) -> None:
+        try:
+            job = SessionJob.from_payload(lease.job)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._end_now(lease, JobError("invalid_job", f"malformed session payload: {exc}"))
+            return
+        record = self.queue.get_job(job.id)
+        if record is None or record.get("status") in FINAL_STATUSES:
+            self.queue.ack(lease)
+            return
+        if self.sessions.settle(job.id) != 1:  # nobody watches (a new fork): stay detached
+            self.queue.ack(lease)
+            self.sessions.expire(job.id, self.video_ttl_s)
+            return
+        try:
+            config = self._config(job.id, record)
+            session, start = self._session(job, config)
+            encoder = new_encoder(self.width, self.height, self.fps, config, start - job.base)
+            self.queue.set_init(job.id, encoder.init_segment(), encoder.mime_type)
+        except (SnapshotError, InitConflict, ValueError, TypeError) as exc:
+            self._end_now(lease, JobError("resume_failed", f"cannot start the session: {exc}"))
+            return
+        except (JobNotFound, StreamClosed):
+            self.queue.ack(lease)
+            return
+        active = ActiveJob(lease, job, config, session, encoder, self._pick_lane(),
+                           live=LiveState(job.base, start))
+        self.queue.update_job(job.id, status="in_progress")
+        self.queue.publish_event(job.id, {"type": "status", "status": "live", "frame": start})
+        log_event(log, "session.run", session_id=job.id, worker=self.id, frame=start)
+        with self._lock:
+            self._active.append(active)
+
+    def _pick_lane(self) -> ThreadPoolExecutor:
+        lane = self._lanes[self._next_lane % len(self._lanes)]
+        self._next_lane += 1
+        return lane
+
+    def _poll_sessions(self) -> None:
+        """Apply each session's viewer state and control messages (one Redis round trip)."""
+        live = [a for a in self._active if a.live is not None]
+        if not live:
+            return
+        views, messages = self.sessions.poll({a.id: a.live.cursor for a in live})
+        for a in live:
+            view = views[a.id]
+            a.live.paused, a.live.acked = view.paused, view.acked
+            if messages.get(a.id):
+                self._controls(a, messages[a.id])
+            if a.live.ending is None and not view.viewer:
+                a.live.ending = "detach"
+            if a.live.ending:
+                self._queue_snapshot(a)
+                self._retire(a, a.live.ending)
+
+    def _controls(self, a: ActiveJob, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        """Apply a batch of control messages between two frames. Prompt changes and keyframe
+        requests coalesce into at most one cut (a client that floods prompts costs one
+        snapshot per frame, not one per message); a stop ends the batch."""
+        prompt, cut = None, False
+        for entry_id, message in messages:
+            a.live.cursor = entry_id
+            op = message.get("op")
+            if op == "stop":
+                a.live.ending = "stop"
+                return
+            if op == "prompt" and isinstance(message.get("prompt"), str):
+                prompt = message["prompt"]
+            elif op == "keyframe":  # a viewer joined mid-run: it needs an IDR frame, and its
+                cut = True  # window counts from here (it has seen nothing yet)
+                a.live.run_start = a.session.frame_index
+            elif op == "fork":
+                self._fork(a)
+        if prompt is not None and prompt != a.session.prompt:
+            try:
+                a.session.set_prompt(prompt)
+                cut = True
+            except (ValueError, TypeError) as exc:  # the API checked it: a bug, say so
+                log_event(log, "session.bad_prompt", logging.WARNING, session_id=a.id,
+                          error=str(exc))
+        if cut:
+            self._cut(a)
+        # applied (and snapshotted, for a cut): a worker taking over must not apply them again
+        ids = [entry_id for entry_id, _ in messages]
+        a.pending.append(a.lane.submit(self._guarded, a, self.sessions.consumed, a.id, *ids))
+
+    def _cut(self, a: ActiveJob) -> None:
+        """Restart the encoder at the next frame (an IDR frame) and snapshot there: the
+        stream can be regenerated bit for bit from this point (see server.sessions)."""
+        index = a.session.frame_index - a.live.base
+        a.pending.append(a.lane.submit(self._guarded, a, self._restart_encoder, a, index))
+        self._queue_snapshot(a)
+
+    def _restart_encoder(self, a: ActiveJob, index: int) -> None:
+        a.encoder.close()
+        a.encoder = new_encoder(self.width, self.height, self.fps, a.config, index)
+
+    def _queue_snapshot(self, a: ActiveJob) -> None:
+        snap, frame = a.session.snapshot(), a.session.frame_index  # now: the session moves on
+        a.pending.append(a.lane.submit(self._guarded, a, self._save_snapshot, a, snap, frame))
+
+    def _fork(self, a: ActiveJob) -> None:
+        child = fork_job(a.job, a.session.prompt, a.session.frame_index)
+        snap = a.session.snapshot()
+        a.pending.append(a.lane.submit(self._guarded, a, self._create_fork, a, child, snap))
+
+    def _create_fork(self, a: ActiveJob, child: SessionJob, snap: bytes) -> None:
+        self.queue.submit({**child.payload(), "engine": a.config.record()})
+        self.queue.save_snapshot(child.id, snap, child.base)
+        self.queue.publish_event(a.id, {"type": "forked", "fork_id": child.id,
+                                        "frame": child.base})
+        log_event(log, "session.forked", session_id=a.id, fork_id=child.id, frame=child.base)
+
+    def _session_frame(self, a: ActiveJob, made: int, frame: np.ndarray, t0: float) -> None:
+        index = made - 1 - a.live.base  # the fragment's index in the session's frame stream
+        a.pending.append(a.lane.submit(self._guarded, a, self._store_frame, a, index, frame,
+                                       t0))
+        if (made - a.live.base) % a.config.keyframe_interval == 0:
+            self._queue_snapshot(a)
+        a.live.frames_since_trim += 1
+        if a.live.frames_since_trim >= TRIM_EVERY:  # unlimited length, bounded memory
+            a.live.frames_since_trim = 0
+            a.pending.append(a.lane.submit(self._guarded, a, self.sessions.trim, a.id))
+
+    def _end_session(self, a: ActiveJob, end: str) -> None:
+        """On the lane, after the session's last fragment and snapshot."""
+        frame = a.session.frame_index
+        if end == "stop":
+            self.queue.update_job(a.id, state="stopped")
+            self.queue.finish_job(a.id, "completed")
+            self.sessions.expire(a.id, self.video_ttl_s)
+            self._ack(a)
+        elif self.sessions.settle(a.id) == 1:  # a viewer attached meanwhile: run it again
+            self.queue.release(a.lease)
+        else:
+            self._ack(a)
+            self.sessions.expire(a.id, self.video_ttl_s)
+        log_event(log, f"session.{end}", session_id=a.id, worker=self.id, frame=frame)
 
     # -- the heartbeat thread -----------------------------------------------------------
 

@@ -234,7 +234,10 @@ class LiveEncoder:
     ``close()`` returns trailing bytes (empty in practice, since the encoder holds nothing
     back). Keyframes fall on frames 0, k, 2k, ... for ``keyframe_interval`` k.
     ``start_index`` (a multiple of k) starts the numbering there, for an encoder restarted
-    mid-stream; ``frames`` is the index of the next frame. ``qp`` sets a constant quantizer
+    mid-stream; ``frames`` is the index of the next frame. With ``cut=True`` it may be any
+    index: the first frame is then an IDR frame that starts a short GOP of its own, and the
+    cadence k, 2k, ... goes on after it (a live session that resumes or changes its prompt
+    between keyframes restarts its encoder there). ``qp`` sets a constant quantizer
     instead of ``crf`` (see "Restarting mid-stream" above).
     """
 
@@ -248,6 +251,7 @@ class LiveEncoder:
         preset: str = "veryfast",
         start_index: int = 0,
         qp: int | None = None,
+        cut: bool = False,
     ):
         self.width, self.height = _check_size(width, height)
         self.fps = Fraction(fps)
@@ -260,7 +264,7 @@ class LiveEncoder:
         if keyframe_interval < 1:
             raise ValueError(f"keyframe_interval must be >= 1, got {keyframe_interval}")
         self.keyframe_interval = int(keyframe_interval)
-        if start_index < 0 or start_index % self.keyframe_interval:
+        if start_index < 0 or (start_index % self.keyframe_interval and not cut):
             raise ValueError(f"start_index must be a multiple of keyframe_interval "
                              f"{self.keyframe_interval}, got {start_index}")
         if qp is not None and not 0 <= qp <= 51:
@@ -316,7 +320,7 @@ class LiveEncoder:
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         video_frame.pts = self.frames
         video_frame.time_base = 1 / self.fps
-        if self.frames % self.keyframe_interval == 0:
+        if self.frames % self.keyframe_interval == 0 or self.frames == self.start_index:
             video_frame.pict_type = av.video.frame.PictureType.I
         packets = self._stream.encode(video_frame)
         if len(packets) != 1:  # the zero-latency promise: no frame held back, none merged

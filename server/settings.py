@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     snapshot_every: int = Field(16, ge=1, le=10_000)  # frames; also the keyframe interval
     encoder_qp: int = Field(20, ge=0, le=51)
     encode_threads: int = Field(1, ge=1, le=64)
+    # live sessions: frames a session may run ahead of what its viewer got, and how long a
+    # viewer may stay silent before its session is detached (snapshotted, slot freed)
+    session_window: int = Field(8, ge=1, le=1024)
+    viewer_timeout_s: float = Field(15.0, gt=0, le=3600)
     # storage and expiry
     storage_dir: Path = Path("pomstream-data/videos")
     video_ttl_s: int = Field(24 * 3600, ge=1)

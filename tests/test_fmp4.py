@@ -196,6 +196,17 @@ def test_restart_at_a_keyframe_continues_the_same_stream():
         assert np.array_equal(a.to_ndarray(format="rgb24"), b.to_ndarray(format="rgb24"))
 
 
+def test_cut_starts_a_gop_anywhere():
+    """A live session restarts its encoder between keyframes: the first frame is an IDR
+    frame and the cadence k, 2k, ... goes on after it."""
+    with LiveEncoder(SIZE, SIZE, FPS, qp=20, keyframe_interval=INTERVAL, start_index=3,
+                     cut=True) as enc:
+        out = [enc.encode(moving_square(i)) for i in range(3, 3 + 2 * INTERVAL)]
+        init = enc.init_segment()
+    assert [f.index for f in out if f.keyframe] == [3, INTERVAL, 2 * INTERVAL]
+    assert len(decode(init + b"".join(f.data for f in out))) == len(out)
+
+
 def test_restart_options_are_checked():
     with pytest.raises(ValueError, match="multiple of keyframe_interval"):
         LiveEncoder(SIZE, SIZE, FPS, keyframe_interval=INTERVAL, start_index=3)
