@@ -15,10 +15,10 @@ from server.settings import Settings, model_info
 from server.storage import LocalStorage
 from tests.redis_helpers import free_port
 from tests.test_server_support import (
-    ServerProcess,
     ThreadServer,
     assert_openai_error,
     decode,
+    shared_server,
     wait_for,
     ws_collect,
     ws_url,
@@ -32,12 +32,8 @@ SIZE = "16x16"
 
 @pytest.fixture(scope="module")
 def server(redis_server, tiny_model_file, tmp_path_factory):
-    proc = ServerProcess("serve", tmp_path_factory.mktemp("serve"), tiny_model_file,
-                         redis_url=redis_server.url, port=free_port(),
-                         extra=["--prefix", "apitest", "--max-sessions", "4"])
-    proc.start().wait_ready()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    yield from shared_server(redis_server, tiny_model_file, tmp_path_factory, "apitest",
+                             "--max-sessions", "4")
 
 
 @pytest.fixture

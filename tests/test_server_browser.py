@@ -9,8 +9,7 @@ import os
 
 import pytest
 
-from tests.redis_helpers import free_port
-from tests.test_server_support import ServerProcess
+from tests.test_server_support import shared_server
 
 pytest_plugins = ["tests.redis_fixture", "tests.test_server_support"]
 
@@ -47,12 +46,7 @@ PROBE = """() => {
 
 @pytest.fixture(scope="module")
 def server(redis_server, tiny_model_file, tmp_path_factory):
-    proc = ServerProcess("serve", tmp_path_factory.mktemp("browser"), tiny_model_file,
-                         redis_url=redis_server.url, port=free_port(),
-                         extra=["--prefix", "browser"])
-    proc.start().wait_ready()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    yield from shared_server(redis_server, tiny_model_file, tmp_path_factory, "browser")
 
 
 @pytest.fixture(scope="module")

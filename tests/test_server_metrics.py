@@ -11,8 +11,7 @@ import pytest
 from websockets.sync.client import connect
 
 from server.metrics import Counter, Histogram, RateMeter
-from tests.redis_helpers import free_port
-from tests.test_server_support import ServerProcess, wait_for
+from tests.test_server_support import shared_server, wait_for
 
 pytest_plugins = ["tests.redis_fixture", "tests.test_server_support"]
 
@@ -64,12 +63,7 @@ def test_rate_meter_forgets_old_events():
 
 @pytest.fixture(scope="module")
 def server(redis_server, tiny_model_file, tmp_path_factory):
-    proc = ServerProcess("serve", tmp_path_factory.mktemp("metrics"), tiny_model_file,
-                         redis_url=redis_server.url, port=free_port(),
-                         extra=["--prefix", "metrics"])
-    proc.start().wait_ready()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    yield from shared_server(redis_server, tiny_model_file, tmp_path_factory, "metrics")
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -188,3 +188,14 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
     if param is not None:
         assert error["param"] == param, error
     return error
+
+
+def shared_server(redis_server, model_file: Path, tmp_path_factory, prefix: str, *extra: str):
+    """A `pomstream serve` on the test Redis under its own key prefix, for a module fixture
+    (yield from it); it must shut down cleanly."""
+    proc = ServerProcess("serve", tmp_path_factory.mktemp(prefix), model_file,
+                         redis_url=redis_server.url, port=free_port(),
+                         extra=["--prefix", prefix, *extra])
+    proc.start().wait_ready()
+    yield proc
+    assert proc.stop() == 0, proc.log()
