@@ -95,4 +95,7 @@ def get_config(name: str, **overrides) -> ModelConfig:
         cfg = REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}") from None
+    unknown = set(overrides) - {f.name for f in fields(ModelConfig)}
+    if unknown:
+        raise ValueError(f"unknown model config fields: {sorted(unknown)}")
     return replace(cfg, **overrides) if overrides else cfg

@@ -73,7 +73,10 @@ def cmd_train(args) -> int:
     overrides = {}
     for item in args.set or []:
         key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1] in "0123456789-tf[{\"" else value
+        try:  # numbers, true/false and lists are JSON; anything else is a plain string
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     cfg = get_config(args.model, **overrides)
     known = {f.name for f in fields(TrainArgs)}
     targs = TrainArgs(**{k: v for k, v in vars(args).items() if k in known and v is not None})

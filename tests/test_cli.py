@@ -39,3 +39,8 @@ def test_generate_reports_bad_input(tmp_path):
     assert not (tmp_path / "x.mp4").exists() and not list(tmp_path.glob("*.part"))
     res = run_cli("generate", "--prompt", "digit 1", "--model", str(tmp_path / "none.safetensors"))
     assert res.returncode == 2 and "no model file" in res.stderr
+
+
+def test_train_rejects_unknown_config_field(tmp_path):
+    res = run_cli("train", "--model", "pom-dit-tiny", "--set", "widht=3", "--out", str(tmp_path))
+    assert res.returncode == 2 and "unknown model config fields" in res.stderr
