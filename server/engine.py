@@ -385,31 +385,48 @@ class Worker:
         if record is None or record.get("status") in FINAL_STATUSES:
             self.queue.ack(lease)  # deleted, or finished by a worker that died before acking
             return
+
+        def video_encoder(config, start: int) -> LiveEncoder:
+            # a session snapshotted at its end needs no more frames (the encoder stays idle)
+            return LiveEncoder(self.width, self.height, self.fps, qp=config.qp,
+                               keyframe_interval=config.keyframe_interval,
+                               start_index=start if start < job.frames else 0)
+
+        opened = self._open(lease, job, record, "job", video_encoder)
+        if opened is None:
+            return
+        config, session, start, encoder = opened
+        active = ActiveJob(lease, job, config, session, encoder, self._pick_lane(),
+                           progress=int(record.get("progress") or 0))
+        self._activate(active, "in_progress", start)
+        log_event(log, "job.start", job_id=job.id, worker=self.id, start_frame=start,
+                  frames=job.frames, resumed=record.get("status") == "in_progress")
+        if start >= job.frames:  # snapshotted at its very end: only the MP4 is missing
+            self._retire(active, "finalize")
+
+    def _open(self, lease: Lease, job, record: dict, what: str, make_encoder):
+        """Restore or create the job's session and encoder and publish its init segment;
+        None when the job ended here instead (failed to start, or deleted meanwhile)."""
         try:
             config = self._config(job.id, record)
             session, start = self._session(job, config)
-            # a session snapshotted at its end needs no more frames (the encoder stays idle)
-            encoder = LiveEncoder(self.width, self.height, self.fps, qp=config.qp,
-                                  keyframe_interval=config.keyframe_interval,
-                                  start_index=start if start < job.frames else 0)
+            encoder = make_encoder(config, start)
             self.queue.set_init(job.id, encoder.init_segment(), encoder.mime_type)
         except (SnapshotError, InitConflict, ValueError, TypeError) as exc:
-            self._end_now(lease, JobError("resume_failed", f"cannot start the job: {exc}"))
-            return
+            self._end_now(lease, JobError("resume_failed", f"cannot start the {what}: {exc}"))
+            return None
         except (JobNotFound, StreamClosed):
             self.queue.ack(lease)
-            return
-        active = ActiveJob(lease, job, config, session, encoder, self._pick_lane(),
-                           progress=int(record.get("progress") or 0))
-        self.queue.update_job(job.id, status="in_progress")
-        self.queue.publish_event(job.id, {"type": "status", "status": "in_progress",
-                                          "frame": start})
-        log_event(log, "job.start", job_id=job.id, worker=self.id, start_frame=start,
-                  frames=job.frames, resumed=record.get("status") == "in_progress")
+            return None
+        return config, session, start, encoder
+
+    def _activate(self, active: ActiveJob, status: str, start: int) -> None:
+        """Mark the job running, tell its viewers, and let the stepping loop see it."""
+        self.queue.update_job(active.job.id, status="in_progress")
+        self.queue.publish_event(active.job.id, {"type": "status", "status": status,
+                                                 "frame": start})
         with self._lock:
             self._active.append(active)
-        if start >= job.frames:  # snapshotted at its very end: only the MP4 is missing
-            self._retire(active, "finalize")
 
     def _config(self, job_id: str, record: dict[str, Any]) -> EngineConfig:
         if record.get("engine"):
@@ -678,24 +695,15 @@ class Worker:
             self.queue.ack(lease)
             self.sessions.expire(job.id, self.video_ttl_s)
             return
-        try:
-            config = self._config(job.id, record)
-            session, start = self._session(job, config)
-            encoder = new_encoder(self.width, self.height, self.fps, config, start - job.base)
-            self.queue.set_init(job.id, encoder.init_segment(), encoder.mime_type)
-        except (SnapshotError, InitConflict, ValueError, TypeError) as exc:
-            self._end_now(lease, JobError("resume_failed", f"cannot start the session: {exc}"))
+        opened = self._open(lease, job, record, "session", lambda config, start: new_encoder(
+            self.width, self.height, self.fps, config, start - job.base))
+        if opened is None:
             return
-        except (JobNotFound, StreamClosed):
-            self.queue.ack(lease)
-            return
+        config, session, start, encoder = opened
         active = ActiveJob(lease, job, config, session, encoder, self._pick_lane(),
                            live=LiveState(job.base, start))
-        self.queue.update_job(job.id, status="in_progress")
-        self.queue.publish_event(job.id, {"type": "status", "status": "live", "frame": start})
+        self._activate(active, "live", start)
         log_event(log, "session.run", session_id=job.id, worker=self.id, frame=start)
-        with self._lock:
-            self._active.append(active)
 
     def _pick_lane(self) -> ThreadPoolExecutor:
         lane = self._lanes[self._next_lane % len(self._lanes)]
