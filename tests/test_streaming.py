@@ -16,11 +16,14 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("spatial,decay", [(True, True), (False, False)])
-def test_step_equals_parallel_forward(spatial, decay):
+@pytest.mark.parametrize("spatial,decay,local,temporal", [
+    (True, True, True, "per_position"), (False, False, False, "global"),
+    (True, True, False, "global"), (False, False, True, "per_position")])
+def test_step_equals_parallel_forward(spatial, decay, local, temporal):
     """Frame f streamed against the states of frames < f (clean, t=0) equals the parallel
     frame-causal forward over the clip with those frames at t=0 and frame f at its level."""
-    model = randomized_model(spatial_mixer=spatial, temporal_decay=decay)
+    model = randomized_model(spatial_mixer=spatial, temporal_decay=decay, local_mixer=local,
+                             temporal_mixer=temporal)
     cfg = model.cfg
     B, nf = 2, 5
     x = torch.randn(B, nf, cfg.channels, cfg.frame_size, cfg.frame_size, dtype=torch.float64)
@@ -57,8 +60,9 @@ def test_generator_frame_equals_parallel_forward(tiny_model):
         assert rel_err(latents[f], noise[f] - v) < 1e-9
 
 
-def test_batched_sessions_equal_alone(tiny_model):
-    model = tiny_model.float()
+@pytest.mark.parametrize("temporal", ["global", "per_position"])
+def test_batched_sessions_equal_alone(temporal):
+    model = randomized_model(temporal_mixer=temporal, local_mixer=temporal != "global").float()
     gen = StreamGenerator(model)
     specs = [("digit 1", 1, 1.0), ("digits 5 and 6", 2, 2.5), ("digits 7, 8 and 9", 3, 1.0)]
     alone = []
@@ -88,8 +92,9 @@ def test_session_cost_constant(tiny_model):
     assert s.state_bytes == before and s.frame_index == 31
 
 
-def test_snapshot_restore_fork_prompt_change(tiny_model):
-    gen = StreamGenerator(tiny_model)
+@pytest.mark.parametrize("temporal", ["global", "per_position"])
+def test_snapshot_restore_fork_prompt_change(temporal):
+    gen = StreamGenerator(randomized_model(temporal_mixer=temporal))
     s = gen.session("digit 3", seed=5, steps=2, guidance=1.5)
     for _ in range(3):
         s.next_frame()
