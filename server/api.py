@@ -5,7 +5,9 @@ a thread, as the Redis client is synchronous) or the storage, and shape the answ
 do everything else (:mod:`server.engine`).
 
 * ``POST /v1/videos`` (JSON, multipart or urlencoded form: prompt, model, seconds, size,
-  plus ``seed``), ``GET /v1/videos/{id}``, ``GET /v1/videos`` (after, limit, order),
+  plus ``seed``), ``POST /v1/videos/{id}/remix`` (same seed and length, new prompt),
+  ``POST /v1/videos/extensions`` (a completed video continued from its saved state: only
+  the new frames are computed), ``GET /v1/videos/{id}``, ``GET /v1/videos`` (after, limit, order),
   ``DELETE /v1/videos/{id}``, ``GET /v1/videos/{id}/content?variant=video|thumbnail|
   spritesheet``, and ``POST /v1/videos/{id}/cancel`` (not in OpenAI's API).
 * ``WS /v1/videos/{id}/stream``: a JSON ``init`` message with the MIME type for
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import hmac
 import json
 import logging
@@ -86,18 +89,21 @@ class ApiError(Exception):
     """A request the API refuses; rendered in OpenAI's error shape."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None, type: str = "invalid_request_error"):
+                 code: str | None = None, type: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = (
             status, message, param, code, type)
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
 
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        return JSONResponse(self.body(), status_code=self.status,
+                            headers={**headers, **self.headers})
 
 
 def _not_found(video_id: str) -> ApiError:
@@ -162,13 +168,7 @@ class CreateVideoRequest(BaseModel):
 
 def build_job(req: CreateVideoRequest, info: ModelInfo, settings: Settings) -> VideoJob:
     """Check a request against the model and the limits; the job to queue."""
-    prompt = req.prompt
-    if not prompt.strip():
-        raise ApiError(400, "prompt must not be empty", param="prompt", code="invalid_value")
-    size_bytes = len(prompt.encode("utf-8"))
-    if size_bytes > info.max_prompt_bytes:
-        raise ApiError(400, f"prompt is {size_bytes} bytes; this model reads at most "
-                       f"{info.max_prompt_bytes}", param="prompt", code="prompt_too_long")
+    prompt = _check_prompt(req.prompt, info)
     if req.model is not None and req.model not in (info.name, settings.model):
         raise ApiError(400, f"unknown model {req.model!r}; this server serves {info.name!r}",
                        param="model", code="invalid_value")
@@ -182,6 +182,76 @@ def build_job(req: CreateVideoRequest, info: ModelInfo, settings: Settings) -> V
         raise ApiError(400, "seed must be in 0..2**63-1", param="seed", code="invalid_value")
     return VideoJob(id=new_job_id("video"), prompt=prompt, frames=seconds * info.fps,
                     seed=seed, seconds=str(seconds), size=size, model=info.name)
+
+
+class RemixRequest(BaseModel):
+    """The body of ``POST /v1/videos/{id}/remix``: the new prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+
+
+class VideoReference(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+
+
+class ExtendRequest(BaseModel):
+    """The body of ``POST /v1/videos/extensions``. ``video`` names the video to go on
+    from: ``{"id": ...}`` (in a form: a field ``video[id]``), or, in a multipart form, the
+    MP4 file this server made (it is recognised by its SHA-256)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    seconds: int | str
+    video: VideoReference
+
+
+def _check_prompt(prompt: str, info: ModelInfo) -> str:
+    if not prompt.strip():
+        raise ApiError(400, "prompt must not be empty", param="prompt", code="invalid_value")
+    size_bytes = len(prompt.encode("utf-8"))
+    if size_bytes > info.max_prompt_bytes:
+        raise ApiError(400, f"prompt is {size_bytes} bytes; this model reads at most "
+                       f"{info.max_prompt_bytes}", param="prompt", code="prompt_too_long")
+    return prompt
+
+
+def remix_job(source: dict[str, Any], req: RemixRequest, info: ModelInfo) -> VideoJob:
+    """A new video like ``source`` (same seed, length and size) with another prompt: the
+    same noise drawn into other content."""
+    _require_completed(source)
+    return VideoJob(id=new_job_id("video"), prompt=_check_prompt(req.prompt, info),
+                    frames=int(source["frames"]), seed=int(source["seed"]),
+                    seconds=str(source["seconds"]), size=str(source["size"]),
+                    model=info.name, remixed_from_video_id=source["id"])
+
+
+def extension_job(source: dict[str, Any], req: ExtendRequest, info: ModelInfo,
+                  settings: Settings) -> VideoJob:
+    """``source``'s frames followed by ``req.seconds`` new ones, generated on from the
+    state saved after its last frame (the new video's ``seconds`` is the total)."""
+    _require_completed(source)
+    seconds = _parse_seconds(req.seconds, settings)
+    total = int(source["seconds"]) + seconds
+    if total > settings.max_total_seconds:
+        raise ApiError(400, f"the extended video would last {total} s; at most "
+                       f"{settings.max_total_seconds} s are allowed", param="seconds",
+                       code="invalid_value")
+    return VideoJob(id=new_job_id("video"), prompt=_check_prompt(req.prompt, info),
+                    frames=int(source["frames"]) + seconds * info.fps,
+                    seed=int(source["seed"]), seconds=str(total), size=str(source["size"]),
+                    model=info.name, extends=source["id"], source_frames=int(source["frames"]))
+
+
+def _require_completed(source: dict[str, Any]) -> None:
+    if source.get("status") != "completed":
+        raise ApiError(409, f"video {source['id']} is {source.get('status')}; only a completed "
+                       "video can be remixed or extended", param="video_id",
+                       code="video_not_ready")
 
 
 def _parse_seconds(value: int | str | None, settings: Settings) -> int:
@@ -216,6 +286,7 @@ def video_object(record: dict[str, Any]) -> dict[str, Any]:
         "seconds": str(record.get("seconds")), "size": record.get("size"),
         "error": record.get("error"),
         "remixed_from_video_id": record.get("remixed_from_video_id"),
+        "extended_from_video_id": record.get("extends"),  # not in OpenAI's object
     }
 
 
@@ -248,23 +319,46 @@ def _check_access(settings: Settings, client_host: str | None, key: str | None) 
                        type="authentication_error")
 
 
+def owner_of(key: str | None) -> str:
+    """Whose limits a request counts against: a hash of its API key (never the key
+    itself in Redis), or ``local`` for the loopback clients of a server without keys."""
+    return "k" + hashlib.sha256(key.encode()).hexdigest()[:32] if key else "local"
+
+
+def check_rate(queue: JobQueue, settings: Settings, owner: str) -> None:
+    wait = queue.hit_rate(owner, settings.rate_limit_per_minute)
+    if wait:
+        raise ApiError(429, f"more than {settings.rate_limit_per_minute} requests a minute "
+                       f"with this API key; retry in {wait} s", code="rate_limit_exceeded",
+                       type="rate_limit_error", headers={"Retry-After": str(wait)})
+
+
+def claim_slot(queue: JobQueue, settings: Settings, owner: str, job_id: str) -> None:
+    if not queue.claim_slot(owner, job_id, settings.max_active_per_key):
+        raise ApiError(429, f"this API key already has {settings.max_active_per_key} videos "
+                       "or live sessions queued or running; wait for one to finish",
+                       code="too_many_active", type="rate_limit_error")
+
+
 class _BodyTooLarge(Exception):
     pass
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a request body over ``limit`` bytes (declared or sent)."""
+    """ASGI middleware: 413 for a request body over ``limit`` bytes (declared or sent);
+    ``uploads`` maps paths that take a file to their own, larger limit."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, uploads: dict[str, int] | None = None):
+        self.app, self.default, self.uploads = app, limit, uploads or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = ApiError(413, f"request body is larger than {self.limit} bytes",
+        limit = self.uploads.get(scope.get("path", ""), self.default)
+        too_large = ApiError(413, f"request body is larger than {limit} bytes",
                              code="request_too_large")
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await too_large.response()(scope, receive, send)
         seen, started = 0, False
 
@@ -273,7 +367,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise _BodyTooLarge
             return message
 
@@ -308,7 +402,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
 
     app = FastAPI(title="pomstream", version="0.1.0", lifespan=lifespan,
                   description="Streaming video generation with the Polynomial Mixer")
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
+                       uploads={"/v1/videos/extensions": settings.max_upload_bytes})
     _install_error_handlers(app)
     app.state.settings = settings
     app.state.ws_limiter = anyio.CapacityLimiter(256)  # blocking stream reads, apart
@@ -371,10 +466,16 @@ def _page_router() -> APIRouter:
     return router
 
 
-def _authorizer(settings: Settings):
+def _authorizer(settings: Settings, limited: bool = False):
+    """Dependency: check the API key; with ``limited``, also count the request against
+    the key's rate limit and remember its owner (``request.state.owner``)."""
     def authorize(request: Request) -> None:
         client = request.client.host if request.client else None
-        _check_access(settings, client, _bearer(request.headers.get("authorization")))
+        key = _bearer(request.headers.get("authorization"))
+        _check_access(settings, client, key)
+        if limited:
+            request.state.owner = owner_of(key)
+            check_rate(_rt(request).queue, settings, request.state.owner)
 
     return authorize
 
@@ -398,19 +499,52 @@ def _metrics_router(settings: Settings) -> APIRouter:
 
 
 def _videos_router(settings: Settings) -> APIRouter:
-    router = APIRouter(prefix="/v1", dependencies=[Depends(_authorizer(settings))])
+    router = APIRouter(prefix="/v1", dependencies=[Depends(_authorizer(settings, True))])
 
-    @router.post("/videos", openapi_extra=_CREATE_OPENAPI)
-    async def create_video(request: Request):
-        req = _parse_create(await _read_body(request))
+    async def submit(request: Request, job: VideoJob) -> dict[str, Any]:
         rt = _rt(request)
-        job = build_job(req, rt.info, settings)
         if rt.worker is not None:  # serve: its only worker died, a job would wait forever
             rt.worker.check_alive()
-        await anyio.to_thread.run_sync(rt.queue.submit, job.payload())
+        owner = request.state.owner
+        await anyio.to_thread.run_sync(claim_slot, rt.queue, settings, owner, job.id)
+        try:
+            await anyio.to_thread.run_sync(rt.queue.submit, job.payload())
+        except BaseException:
+            await anyio.to_thread.run_sync(rt.queue.release_slot, owner, job.id)
+            raise
+        await anyio.to_thread.run_sync(rt.queue.confirm_slot, owner, job.id)
         record = await anyio.to_thread.run_sync(rt.queue.get_job, job.id)
-        log_event(log, "video.created", job_id=job.id, frames=job.frames)
+        log_event(log, "video.created", job_id=job.id, frames=job.frames,
+                  remixed_from=job.remixed_from_video_id, extends=job.extends)
         return video_object(record or {**job.payload(), "status": "queued"})
+
+    @router.post("/videos", openapi_extra=_openapi_body(CreateVideoRequest))
+    async def create_video(request: Request):
+        req = _parse_body(CreateVideoRequest, await _read_body(request))
+        return await submit(request, build_job(req, _rt(request).info, settings))
+
+    @router.post("/videos/extensions", openapi_extra=_openapi_body(ExtendRequest))
+    async def extend_video(request: Request):
+        body = await _read_body(request, files=True)
+        if "video[id]" in body:  # a form flattens the object
+            body["video"] = {"id": body.pop("video[id]")}
+        elif isinstance(body.get("video"), bytes):  # the file itself
+            body["video"] = {"id": await _video_of_file(request, body["video"])}
+        req = _parse_body(ExtendRequest, body)
+        source = await anyio.to_thread.run_sync(_get_record, request, req.video.id)
+        job = extension_job(source, req, _rt(request).info, settings)
+        snap = await anyio.to_thread.run_sync(_rt(request).queue.load_snapshot, source["id"])
+        if snap is None or snap.frame_index != job.source_frames:
+            raise ApiError(409, f"the saved state of video {source['id']} is gone (expired); "
+                           "it can no longer be extended", param="video",
+                           code="video_expired")
+        return await submit(request, job)
+
+    @router.post("/videos/{video_id}/remix", openapi_extra=_openapi_body(RemixRequest))
+    async def remix_video(request: Request, video_id: str):
+        req = _parse_body(RemixRequest, await _read_body(request))
+        source = await anyio.to_thread.run_sync(_get_record, request, video_id)
+        return await submit(request, remix_job(source, req, _rt(request).info))
 
     @router.get("/videos")
     def list_videos(request: Request, after: str | None = None,
@@ -495,7 +629,19 @@ def _chunks(handle, size: int = 64 * 1024) -> Iterator[bytes]:
             yield chunk
 
 
-async def _read_body(request: Request) -> dict[str, Any]:
+async def _video_of_file(request: Request, data: bytes) -> str:
+    sha = hashlib.sha256(data).hexdigest()
+    video_id = await anyio.to_thread.run_sync(_rt(request).queue.find_by_content, sha)
+    if video_id is None:
+        raise ApiError(400, "the uploaded file is none of this server's videos (or it "
+                       "expired); only videos made here can be extended: send the file as "
+                       "downloaded, or the video's id as video[id]", param="video",
+                       code="unknown_video_file")
+    return video_id
+
+
+async def _read_body(request: Request, files: bool = False) -> dict[str, Any]:
+    """The body as a dict; with ``files``, a multipart form may hold one file (bytes)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         try:
@@ -507,31 +653,43 @@ async def _read_body(request: Request) -> dict[str, Any]:
         return body
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         try:
-            form = await request.form(max_files=0, max_fields=32)
+            form = await request.form(max_files=1 if files else 0, max_fields=32)
+            body = {}
+            for key, value in form.multi_items():
+                body[key] = value if isinstance(value, str) else await value.read()
         except Exception as exc:  # noqa: BLE001 - any malformed form is the client's fault
             detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
             raise ApiError(400, f"malformed form body: {detail}", code="invalid_form") from None
-        return {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        return body
     raise ApiError(415, "send the body as application/json or multipart/form-data",
                    code="unsupported_media_type")
 
 
-def _parse_create(body: dict[str, Any]) -> CreateVideoRequest:
+def _parse_body(model: type[BaseModel], body: dict[str, Any]):
     try:
-        return CreateVideoRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         raise _validation_error(exc.errors()) from None
 
 
-_CREATE_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            media: {"schema": CreateVideoRequest.model_json_schema()}
-            for media in ("application/json", "multipart/form-data")
-        },
-    }
-}
+def _openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The request body in the OpenAPI document (the handlers parse it themselves, to
+    accept JSON and forms alike)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node):  # nested models inline: no $ref into a document that lacks them
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    schema = inline(schema)
+    return {"requestBody": {"required": True, "content": {
+        media: {"schema": schema} for media in ("application/json", "multipart/form-data")}}}
 
 
 # --- the live stream --------------------------------------------------------------------
@@ -561,6 +719,7 @@ async def _stream_video(ws: WebSocket, video_id: str, settings: Settings) -> Non
     rt = _rt(ws)
     try:
         _check_access(settings, ws.client.host if ws.client else None, key)
+        await anyio.to_thread.run_sync(check_rate, rt.queue, settings, owner_of(key))
         _valid_id(video_id)
         record = await anyio.to_thread.run_sync(rt.queue.get_job, video_id)
         if record is None or record.get("kind", "video") != "video":

@@ -62,6 +62,7 @@ frame, per-frame latency (step start to fragment stored) and encode time.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
@@ -153,11 +154,16 @@ class VideoJob:
     size: str
     model: str
     remixed_from_video_id: str | None = None
+    # an extension: the first ``source_frames`` frames are those of video ``extends``,
+    # continued from its final snapshot (only the new frames are computed)
+    extends: str | None = None
+    source_frames: int = 0
 
     def payload(self) -> dict[str, Any]:
         return {"kind": "video", "id": self.id, "prompt": self.prompt, "frames": self.frames,
                 "seed": self.seed, "seconds": self.seconds, "size": self.size,
-                "model": self.model, "remixed_from_video_id": self.remixed_from_video_id}
+                "model": self.model, "remixed_from_video_id": self.remixed_from_video_id,
+                "extends": self.extends, "source_frames": self.source_frames}
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> VideoJob:
@@ -166,11 +172,16 @@ class VideoJob:
                       frames=int(data["frames"]), seed=int(data["seed"]),
                       seconds=str(data["seconds"]), size=str(data["size"]),
                       model=str(data["model"]),
-                      remixed_from_video_id=data.get("remixed_from_video_id"))
+                      remixed_from_video_id=data.get("remixed_from_video_id"),
+                      extends=data.get("extends") and check_id(data["extends"], "video id"),
+                      source_frames=int(data.get("source_frames") or 0))
         except (KeyError, TypeError, ValueError) as exc:
             raise JobError("invalid_job", f"malformed job payload: {exc}") from exc
-        if job.frames < 1:
-            raise JobError("invalid_job", f"a video needs at least one frame, got {job.frames}")
+        if not 0 <= job.source_frames < job.frames:
+            raise JobError("invalid_job", f"a video needs at least one new frame, got "
+                           f"{job.frames} frames of which {job.source_frames} exist")
+        if (job.extends is None) != (job.source_frames == 0):
+            raise JobError("invalid_job", "an extension names its source and its frames")
         return job
 
 
@@ -230,7 +241,10 @@ class WorkerRegistry:
         self.key = f"{queue.keys.prefix}:workers"
 
     def beat(self, worker_id: str) -> None:
-        self.queue.redis.zadd(self.key, {worker_id: time.time()})
+        try:
+            self.queue.redis.zadd(self.key, {worker_id: time.time()})
+        except Exception as exc:  # noqa: BLE001 - any Redis failure is an outage here
+            raise QueueUnavailable(str(exc)) from exc
 
     def remove(self, worker_id: str) -> None:
         self.queue.redis.zrem(self.key, worker_id)
@@ -373,6 +387,12 @@ class Worker:
             self._stop.wait(0.01)
 
     def _start_job(self, lease: Lease) -> None:
+        with self._lock:
+            held = [a for a in self._active + self._finishing if a.id == lease.job.get("id")]
+        if held:  # XAUTOCLAIM handed back a job this worker still runs (its lease went
+            held[0].lease = lease  # stale in a Redis outage): keep running that one
+            held[0].lost = False
+            return
         if is_session(lease):
             self._start_session(lease)
             return
@@ -387,15 +407,24 @@ class Worker:
             return
 
         def video_encoder(config, start: int) -> LiveEncoder:
-            # a session snapshotted at its end needs no more frames (the encoder stays idle)
+            # a session snapshotted at its end needs no more frames (the encoder stays idle);
+            # an extension starts where its source ended, maybe between keyframes (a cut)
+            start = start if start < job.frames else 0
             return LiveEncoder(self.width, self.height, self.fps, qp=config.qp,
-                               keyframe_interval=config.keyframe_interval,
-                               start_index=start if start < job.frames else 0)
+                               keyframe_interval=config.keyframe_interval, start_index=start,
+                               cut=start % config.keyframe_interval != 0)
 
         opened = self._open(lease, job, record, "job", video_encoder)
         if opened is None:
             return
         config, session, start, encoder = opened
+        if job.extends is not None:
+            try:
+                self._copy_source_frames(job)
+            except JobError as exc:
+                encoder.close()
+                self._end_now(lease, exc)
+                return
         active = ActiveJob(lease, job, config, session, encoder, self._pick_lane(),
                            progress=int(record.get("progress") or 0))
         self._activate(active, "in_progress", start)
@@ -412,6 +441,9 @@ class Worker:
             session, start = self._session(job, config)
             encoder = make_encoder(config, start)
             self.queue.set_init(job.id, encoder.init_segment(), encoder.mime_type)
+        except JobError as exc:
+            self._end_now(lease, exc)
+            return None
         except (SnapshotError, InitConflict, ValueError, TypeError) as exc:
             self._end_now(lease, JobError("resume_failed", f"cannot start the {what}: {exc}"))
             return None
@@ -432,16 +464,60 @@ class Worker:
         if record.get("engine"):
             return EngineConfig.from_record(record["engine"])
         config = EngineConfig(dict(self.params), self.snapshot_every, self.qp)
+        if record.get("extends"):  # its frames must encode like its source's
+            source = self._source_record(record["extends"])
+            if source.get("engine"):
+                config = EngineConfig.from_record(source["engine"])
         self.queue.update_job(job_id, engine=config.record())
         return config
+
+    def _source_record(self, source_id: str) -> dict[str, Any]:
+        source = self.queue.get_job(source_id)
+        if source is None:
+            raise JobError("source_expired", f"video {source_id}, which this one extends, "
+                           "is gone (deleted or expired)")
+        return source
 
     def _session(self, job: VideoJob | SessionJob,
                  config: EngineConfig) -> tuple[StreamSession, int]:
         snap = self.queue.load_snapshot(job.id)
+        if snap is None and getattr(job, "extends", None):
+            return self._extension_session(job), job.source_frames
         if snap is None:
             return self.generator.session(job.prompt, job.seed, **config.params), 0
         session = self.generator.restore(snap.data)
         return session, session.frame_index
+
+    def _extension_session(self, job: VideoJob) -> StreamSession:
+        """The source video's session after its last frame, now with the new prompt."""
+        snap = self.queue.load_snapshot(job.extends)
+        if snap is None or snap.frame_index != job.source_frames:
+            raise JobError("source_expired", f"the saved state of video {job.extends} is gone"
+                           " (expired); it can no longer be extended")
+        session = self.generator.restore(snap.data)
+        session.set_prompt(job.prompt)
+        return session
+
+    def _copy_source_frames(self, job: VideoJob) -> None:
+        """Put the source video's fragments first in this job's frame stream (once: a
+        worker that takes the job over goes on after the last one stored)."""
+        have = self.queue.last_fragment_index(job.id) + 1
+        if have >= job.source_frames:
+            return
+        init = self.queue.get_init(job.extends)
+        if init is None or init.data != self.queue.get_init(job.id).data:
+            raise JobError("source_incompatible", f"video {job.extends} was encoded with "
+                           "other settings; it cannot be extended by this server")
+        cursor = "0-0"
+        while have < job.source_frames:
+            entries = self.queue.read_fragments(job.extends, after=cursor, count=256)
+            if not entries:
+                raise JobError("source_expired", f"the frames of video {job.extends} are gone")
+            for entry in entries:
+                if isinstance(entry, FragmentEntry) and have <= entry.index < job.source_frames:
+                    self.queue.append_fragment(job.id, entry.index, entry.data, entry.keyframe)
+                    have = entry.index + 1
+            cursor = entries[-1].entry_id
 
     def _drop_finished_or_stopped(self) -> None:
         """Between frames: end jobs that were cancelled, deleted, lost or failed."""
@@ -616,8 +692,11 @@ class Worker:
         self.storage.put(a.id, "video", data)
         self.storage.put(a.id, "thumbnail", encode_png(frames[len(frames) // 2]))
         self.storage.put(a.id, "spritesheet", encode_png(spritesheet(frames)))
+        sha = hashlib.sha256(data).hexdigest()  # the file names its video (extensions)
+        self.queue.update_job(a.id, sha256=sha)
         self.queue.finish_job(a.id, "completed")
         self.queue.expire_job(a.id, self.video_ttl_s)
+        self.queue.index_content(a.id, sha, self.video_ttl_s)
         self._ack(a)
         elapsed = time.monotonic() - a.started
         log_event(log, "job.completed", job_id=a.id, worker=self.id, frames=a.job.frames,
@@ -832,6 +911,8 @@ class Worker:
                     by_entry[lease.entry_id].lost = True
             except QueueUnavailable as exc:
                 log_event(log, "worker.heartbeat_failed", logging.WARNING, error=str(exc))
+            except Exception:  # a bug: log it, but never let the leases go unrefreshed
+                log.exception("worker.heartbeat_error")
 
 
 # --- media helpers ----------------------------------------------------------------------

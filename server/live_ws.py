@@ -48,7 +48,17 @@ import anyio
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from server.api import ApiError, _check_access, _deny, _rt, _unavailable, _ws_key
+from server.api import (
+    ApiError,
+    _check_access,
+    _deny,
+    _rt,
+    _unavailable,
+    _ws_key,
+    check_rate,
+    claim_slot,
+    owner_of,
+)
 from server.engine import WorkerDead
 from server.queue import (
     EndEntry,
@@ -112,10 +122,13 @@ async def _live(ws: WebSocket, settings: Settings) -> None:
     key, subprotocol = _ws_key(ws)
     try:
         _check_access(settings, ws.client.host if ws.client else None, key)
+        await anyio.to_thread.run_sync(check_rate, _rt(ws).queue, settings, owner_of(key))
     except ApiError as exc:
         return await _deny(ws, exc)
+    except QueueUnavailable:
+        return await _deny(ws, _unavailable())
     await ws.accept(subprotocol=subprotocol)
-    conn = LiveConnection(ws, settings)
+    conn = LiveConnection(ws, settings, owner_of(key))
     ws.app.state.live_viewers += 1
     try:
         await conn.run()
@@ -141,8 +154,8 @@ async def _live(ws: WebSocket, settings: Settings) -> None:
 class LiveConnection:
     """One client's WebSocket: its session, the frame forwarder and the control loop."""
 
-    def __init__(self, ws: WebSocket, settings: Settings):
-        self.ws, self.settings = ws, settings
+    def __init__(self, ws: WebSocket, settings: Settings, owner: str = "local"):
+        self.ws, self.settings, self.owner = ws, settings, owner
         self.rt, self.store = _rt(ws), session_store(ws)
         self.sid: str | None = None
         self.token = secrets.token_hex(8)
@@ -241,8 +254,10 @@ class LiveConnection:
         if self.rt.worker is not None:  # serve: its only worker died, nothing would run
             self.rt.worker.check_alive()
         job = SessionJob(new_session_id(), prompt, seed, size, info.name)
+        await self.claim(job.id)
         await self.call(self.store.prepare, job.id, self.token)
         await self.call(self.rt.queue.submit, job.payload())
+        await self.call(self.rt.queue.confirm_slot, self.owner, job.id)
         self.sid = job.id
         await self.send({"type": "session", "session_id": job.id, "status": "queued",
                          "frame": 0, "resumed": False, "seed": seed, "fps": info.fps,
@@ -257,6 +272,8 @@ class LiveConnection:
             raise BadValue("not_found", f"no session with id {sid!r}")
         self.client_acks = self.check_ack_flag(msg)
         job = SessionJob.from_payload(record).payload()
+        await self.claim(sid)
+        await self.call(self.rt.queue.confirm_slot, self.owner, sid)
         try:
             attached = await self.call(self.store.attach, sid, self.token, job)
         except SessionNotFound:
@@ -274,6 +291,13 @@ class LiveConnection:
             await self.send_init(init.mime, init.data)
         if attached.state == "live":  # a worker runs it: ask for a keyframe to start from
             await self.call(self.store.send, sid, {"op": "keyframe"})
+
+    async def claim(self, sid: str) -> None:
+        """Count the session against its key's limit on running work."""
+        try:
+            await self.call(claim_slot, self.rt.queue, self.settings, self.owner, sid)
+        except ApiError as exc:
+            raise BadValue(exc.code, exc.message) from None
 
     def check_prompt(self, prompt: Any) -> str:
         if not isinstance(prompt, str) or not prompt.strip():

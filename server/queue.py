@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import secrets
 import time
@@ -320,6 +321,35 @@ redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])
 return redis.call('XADD', KEYS[4], '*', 'job', ARGV[2])
 """
 
+# Per-owner slots (limits on concurrent work). KEYS: the owner's sorted set of job ids
+# (score: when claimed, 0 once submitted). ARGV: job key prefix, limit, job id, now (s),
+# grace (s). A job counts while queued or running (a session while queued or live); one
+# claimed but not submitted yet (no record) counts for ``grace`` seconds.
+_CLAIM_SLOT = """
+local active, have = 0, false
+local now, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
+for i, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')) do
+  if i % 2 == 1 then
+    local f = redis.call('HMGET', ARGV[1] .. id, 'kind', 'status', 'state')
+    local busy
+    if not f[1] then
+      local claimed = tonumber(redis.call('ZSCORE', KEYS[1], id))
+      busy = claimed > 0 and now - claimed < grace
+    elseif f[1] == '"session"' then
+      busy = f[3] == '"queued"' or f[3] == '"live"'
+    else
+      busy = f[2] == '"queued"' or f[2] == '"in_progress"'
+    end
+    if not busy then redis.call('ZREM', KEYS[1], id)
+    elseif id ~= ARGV[3] then active = active + 1 end
+  end
+end
+if active >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('EXPIRE', KEYS[1], 604800)
+return 1
+"""
+
 # Queue scripts. KEYS: queue. ARGV: group, consumer, entry id(s).
 _OWNED = """
 local function owned(id)
@@ -467,7 +497,8 @@ class JobQueue:
         scripts = {"submit": _SUBMIT, "heartbeat": _HEARTBEAT, "ack": _ACK,
                    "release": _RELEASE, "update": _UPDATE, "cancel": _CANCEL,
                    "expire": _EXPIRE, "save_snapshot": _SAVE_SNAPSHOT, "set_init": _SET_INIT,
-                   "append": _APPEND, "event": _EVENT, "finish": _FINISH}
+                   "append": _APPEND, "event": _EVENT, "finish": _FINISH,
+                   "claim_slot": _CLAIM_SLOT}
         # register_script sends nothing yet; each call uses EVALSHA and loads the script
         # again when Redis answers NOSCRIPT (e.g. after a restart).
         self._scripts = {name: redis_client.register_script(src) for name, src in scripts.items()}
@@ -746,6 +777,57 @@ class JobQueue:
         pipe.zrem(self.keys.index, job_id)
         pipe.zrem(self.keys.expiring, job_id)
         return bool(pipe.execute()[0])
+
+    # --- per-owner limits (an owner: an API key's hash, see server.api) ---------------
+
+    @_guarded
+    def claim_slot(self, owner: str, job_id: str, limit: int, grace_s: int = 30) -> bool:
+        """Count ``job_id`` among ``owner``'s running work unless ``limit`` other jobs
+        or sessions of theirs are queued or running; False when they are."""
+        check_id(owner, "owner")
+        check_id(job_id, "job id")
+        return bool(self._script("claim_slot", [f"{self.keys.prefix}:owner:{owner}"],
+                                 [f"{self.keys.prefix}:job:", int(limit), job_id,
+                                  int(time.time()), int(grace_s)]))
+
+    @_guarded
+    def confirm_slot(self, owner: str, job_id: str) -> None:
+        """The job of a claimed slot is submitted: from now on its record decides."""
+        self.redis.zadd(f"{self.keys.prefix}:owner:{check_id(owner, 'owner')}", {job_id: 0},
+                        xx=True)
+
+    @_guarded
+    def release_slot(self, owner: str, job_id: str) -> None:
+        self.redis.zrem(f"{self.keys.prefix}:owner:{check_id(owner, 'owner')}", job_id)
+
+    @_guarded
+    def hit_rate(self, owner: str, limit: int, window_s: int = 60) -> int:
+        """Count a request of ``owner`` in the current window: 0 if it is within
+        ``limit`` requests per ``window_s``, else the seconds until the window ends."""
+        check_id(owner, "owner")
+        now = time.time()
+        window = int(now // window_s)
+        key = f"{self.keys.prefix}:rate:{owner}:{window}"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, window_s + 1)
+        count = pipe.execute()[0]
+        return 0 if count <= limit else max(1, math.ceil((window + 1) * window_s - now))
+
+    @_guarded
+    def index_content(self, job_id: str, sha256: str, seconds: int) -> None:
+        """Remember for ``seconds`` that the file with this hash is job ``job_id``'s video
+        (a client may send the file back to name the video, see ``find_by_content``)."""
+        check_id(job_id, "job id")
+        self.redis.set(f"{self.keys.prefix}:content:{sha256}", job_id, ex=int(seconds))
+
+    @_guarded
+    def find_by_content(self, sha256: str) -> str | None:
+        """The job whose finished video file has this SHA-256, if it is still known."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        job_id = self.redis.get(f"{self.keys.prefix}:content:{sha256}")
+        return None if job_id is None else _str(job_id)
 
     @_guarded
     def expire_job(self, job_id: str, seconds: int) -> bool:

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # worker
     worker_id: str | None = None
+    metrics_port: int | None = Field(None, ge=0, le=65535)  # `worker`: serve /metrics here
     max_sessions: int = Field(8, ge=1, le=1024)
     snapshot_every: int = Field(16, ge=1, le=10_000)  # frames; also the keyframe interval
     encoder_qp: int = Field(20, ge=0, le=51)
@@ -64,9 +65,14 @@ class Settings(BaseSettings):
     storage_dir: Path = Path("pomstream-data/videos")
     video_ttl_s: int = Field(24 * 3600, ge=1)
     # request limits (the prompt length and sizes come from the model)
-    max_seconds: int = Field(60, ge=1)
+    max_seconds: int = Field(60, ge=1)  # one request (a new video or an extension)
+    max_total_seconds: int = Field(600, ge=1)  # a video grown by extensions
     default_seconds: int = Field(4, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # a video sent back to extend
+    # per API key (without keys: for all loopback clients together)
+    rate_limit_per_minute: int = Field(600, ge=1)  # HTTP requests and WebSocket opens
+    max_active_per_key: int = Field(16, ge=1)  # videos queued or running + live sessions
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -6,10 +6,12 @@ from __future__ import annotations
 import threading
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from model import StreamGenerator, load_model
 from server.app import Runtime, make_queue
 from server.settings import Settings, model_info
 from server.storage import LocalStorage
@@ -253,3 +255,124 @@ def test_redis_down_gets_503_not_500(tiny_model_file, tmp_path):
         assert http.get("/readyz").status_code == 503
         assert http.get("/healthz").status_code == 200
         assert "/v1/videos" in http.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_openai_client_remix_and_extend(server, redis_server, tiny_model_file):
+    """Remix: same seed and length, new prompt. Extend: the source's frames (the very same
+    fragments) and then new ones, continued from the source's saved state, exactly as one
+    uninterrupted session whose prompt changed at the seam."""
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    source = client.videos.create_and_poll(prompt="digit 1", seconds="1", size=SIZE,
+                                           extra_body={"seed": 11}, poll_interval_ms=100)
+    remix = client.videos.remix(source.id, prompt="digit 2")
+    assert remix.remixed_from_video_id == source.id and remix.seconds == "1"
+    # openai 3.57 only sends a file here (a {"id"} reference fails inside the client); the
+    # server knows its own files by their hash. httpx sends the reference further down.
+    mp4 = client.videos.download_content(source.id).read()
+    extended = client.videos.extend(prompt="digit 9", seconds="1", video=("a.mp4", mp4))
+    assert extended.seconds == "2" and extended.status == "queued"
+    remix = client.videos.poll(remix.id, poll_interval_ms=100)
+    extended = client.videos.poll(extended.id, poll_interval_ms=100)
+    assert remix.status == extended.status == "completed", (remix.error, extended.error)
+
+    src = decode(client.videos.download_content(source.id).read())
+    ext = decode(client.videos.download_content(extended.id).read())
+    mix = decode(client.videos.download_content(remix.id).read())
+    assert ext.shape == (2 * FPS, 16, 16, 3) and mix.shape == src.shape
+    assert (ext[:FPS] == src).all(), "an extension starts with its source's frames"
+    assert not (mix == src).all(), "a remix with another prompt draws other frames"
+
+    queue = make_queue(Settings(redis_url=redis_server.url, redis_prefix="apitest"))
+    params = queue.get_job(extended.id)["engine"]["params"]
+    assert params == queue.get_job(source.id)["engine"]["params"]
+    gen = StreamGenerator(load_model(tiny_model_file))
+    session = gen.session("digit 1", seed=11, **params)
+    for _ in range(FPS):
+        session.next_frame()
+    session.set_prompt("digit 9")
+    expected = np.stack([session.next_frame() for _ in range(FPS)])
+    error = np.abs(ext[FPS:].astype(float) - expected).mean()
+    assert error < 4, f"extension differs from the uninterrupted session by {error:.1f}/255"
+    other = gen.session("digit 9", seed=11, **params)
+    fresh = np.stack([other.next_frame() for _ in range(FPS)])
+    assert np.abs(fresh.astype(float) - expected).mean() > 2 * error, \
+        "the extension must continue the source's state, not start over"
+
+
+def test_remix_and_extend_errors(http):
+    running = create(http, seconds=60)
+    for response in (http.post(f"/v1/videos/{running['id']}/remix", json={"prompt": "digit 1"}),
+                     http.post("/v1/videos/extensions", json={
+                         "prompt": "digit 1", "seconds": "1", "video": {"id": running["id"]}})):
+        assert_openai_error(response, 409)
+    http.delete(f"/v1/videos/{running['id']}")
+    done = wait_status(http, create(http, seconds=1)["id"])
+    missing = "video_" + "0" * 24
+    assert_openai_error(http.post(f"/v1/videos/{missing}/remix", json={"prompt": "x"}), 404)
+    assert_openai_error(http.post("/v1/videos/extensions", json={
+        "prompt": "x", "seconds": "1", "video": {"id": missing}}), 404)
+    bad = [({"prompt": "x", "seconds": "1"}, "video"),
+           ({"prompt": "x", "seconds": "0", "video": {"id": done["id"]}}, "seconds"),
+           ({"prompt": "", "seconds": "1", "video": {"id": done["id"]}}, "prompt"),
+           ({"prompt": "x", "seconds": "1", "video": {"id": "../etc"}}, "video_id"),
+           ({"prompt": "x", "seconds": "1", "video": done["id"]}, "video")]
+    for body, param in bad:
+        assert_openai_error(http.post("/v1/videos/extensions", json=body), 400, param)
+    assert_openai_error(http.post(f"/v1/videos/{done['id']}/remix", json={}), 400, "prompt")
+    form = http.post("/v1/videos/extensions",
+                     data={"prompt": "digit 4", "seconds": "1", "video[id]": done["id"]})
+    assert form.status_code == 200 and form.json()["seconds"] == "2", form.text
+    assert form.json()["extended_from_video_id"] == done["id"]
+    stranger = http.post("/v1/videos/extensions", data={"prompt": "x", "seconds": "1"},
+                         files={"video": ("v.mp4", b"\x00\x00\x00\x18ftypisom" + b"0" * 64)})
+    assert_openai_error(stranger, 400, "video")
+    two = http.post("/v1/videos/extensions", data={"prompt": "x", "seconds": "1"},
+                    files=[("video", ("a.mp4", b"a")), ("other", ("b.mp4", b"b"))])
+    assert_openai_error(two, 400)
+
+
+@pytest.fixture
+def limited_server(redis_server, tiny_model_file, tmp_path):
+    """API only (no worker: videos stay queued) on the real Redis, with small limits."""
+    settings = Settings(api_keys="k1,k2", model=str(tiny_model_file), storage_dir=tmp_path,
+                        redis_url=redis_server.url, redis_prefix=f"limits{tmp_path.name}",
+                        rate_limit_per_minute=40, max_active_per_key=2)
+    runtime = Runtime(settings, make_queue(settings), LocalStorage(tmp_path),
+                      model_info(settings.model))
+    from server.api import create_app
+
+    with ThreadServer(create_app(settings, runtime)) as srv:
+        yield srv
+
+
+def test_per_key_limits_on_running_work_and_request_rate(limited_server):
+    from websockets.sync.client import connect
+
+    url = limited_server.url
+    k1, k2 = ({"Authorization": f"Bearer {k}"} for k in ("k1", "k2"))
+
+    def post(headers):
+        return httpx.post(f"{url}/v1/videos", json={"prompt": "digit 1"}, headers=headers)
+
+    first, second = (post(k1).json() for _ in range(2))
+    error = assert_openai_error(post(k1), 429)
+    assert (error["code"], error["type"]) == ("too_many_active", "rate_limit_error")
+    assert post(k2).status_code == 200, "each key has its own limit"
+    with connect(url.replace("http", "ws") + "/v1/sessions?api_key=k1", open_timeout=10) as ws:
+        ws.send('{"type": "start", "prompt": "digit 1"}')
+        assert '"too_many_active"' in ws.recv(timeout=10)
+    httpx.delete(f"{url}/v1/videos/{first['id']}", headers=k1)
+    assert post(k1).status_code == 200, "a finished (here: deleted) video frees its slot"
+    assert second["status"] == "queued"
+
+    codes = [httpx.get(f"{url}/v1/videos", headers=k2).status_code for _ in range(45)]
+    assert codes.count(200) <= 40 + 2 and 429 in codes  # a window may turn over once
+    limited = httpx.get(f"{url}/v1/videos", headers=k2)
+    error = assert_openai_error(limited, 429)
+    assert error["code"] == "rate_limit_exceeded"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    with pytest.raises(InvalidStatus) as info:
+        ws_collect(ws_url(url, second["id"], "?api_key=k2"))
+    assert info.value.response.status_code == 429
+    assert httpx.get(f"{url}/v1/videos", headers=k1).status_code == 200, "k1 is not limited"
