@@ -135,12 +135,15 @@ _SERVER_OPTIONS = {  # flag -> (Settings field, type, help); unset flags keep en
     "--claim-idle-ms": ("claim_idle_ms", int, "idle time after which a job is reclaimed"),
     "--session-window": ("session_window", int, "frames a live session may run ahead"),
     "--worker-id": ("worker_id", str, "worker (consumer) name"),
+    "--metrics-port": ("metrics_port", int, "worker: serve Prometheus /metrics on this port"),
 }
 
 
 def _server_args(p: argparse.ArgumentParser, roles: str) -> None:
     for flag, (dest, kind, text) in _SERVER_OPTIONS.items():
-        if roles == "worker" and dest in ("host", "port"):
+        if roles == "worker" and dest == "port":
+            continue
+        if roles != "worker" and dest == "metrics_port":
             continue
         p.add_argument(flag, dest=dest, type=kind, default=None, help=text)
     if roles != "worker":

@@ -24,8 +24,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from server.engine import Worker, log_event
+from server.metrics import CONTENT_TYPE as METRICS_TYPE
+from server.metrics import render as render_metrics
 from server.queue import JobQueue
 from server.settings import ModelInfo, Settings, SettingsError, model_info
 from server.storage import LocalStorage
@@ -137,6 +140,11 @@ def run_worker(settings: Settings) -> int:
         raise SettingsError("pomstream worker needs POMSTREAM_REDIS_URL (--redis-url)")
     queue = make_queue(settings)
     worker = build_worker(settings, queue, LocalStorage(settings.storage_dir)).start()
+    metrics = None
+    if settings.metrics_port is not None:
+        metrics = serve_worker_metrics(worker, settings.host, settings.metrics_port)
+        print(f"pomstream: worker metrics on http://{settings.host}:"
+              f"{metrics.server_address[1]}/metrics", flush=True)
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -149,4 +157,29 @@ def run_worker(settings: Settings) -> int:
     while not stop.is_set() and worker.alive:
         time.sleep(0.2)
     worker.stop()
+    if metrics is not None:
+        metrics.shutdown()
     return 1 if worker.crashed else 0
+
+
+def serve_worker_metrics(worker: Worker, host: str, port: int) -> ThreadingHTTPServer:
+    """Prometheus text at ``/metrics`` of a standalone worker (a thread; no auth: bind it
+    to an address only the scraper reaches, as the compose file does)."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            if self.path.split("?")[0] != "/metrics":
+                self.send_error(404, "only /metrics is served here")
+                return
+            body = render_metrics(worker.metrics.render(worker.active_by_kind())).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", METRICS_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # scrapes are not worth a log line each
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

@@ -34,7 +34,10 @@ def test_services_wait_for_a_healthy_redis(compose):
 def test_worker_reserves_a_gpu(compose):
     devices = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    assert compose["services"]["worker"]["command"][-2:] == ["--device", "cuda"]
+    command = compose["services"]["worker"]["command"]
+    assert command[command.index("--device") + 1] == "cuda"
+    assert command[command.index("--metrics-port") + 1] == "9100"  # scraped in the network
+    assert compose["services"]["worker"]["expose"] == ["9100"]
     assert compose["services"]["worker-cpu"]["profiles"] == ["cpu"]
 
 
