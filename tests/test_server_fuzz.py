@@ -1,0 +1,51 @@
+"""Schemathesis generates requests from ``/openapi.json`` (valid and invalid ones) against
+the API on a real Redis: no request may get a 5xx. API keys are on, the test sends one;
+there is no worker, so videos stay queued (the running-work limit answers 429 after a
+while, which is fine: only 5xx fail)."""
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+
+from server.app import Runtime, make_queue
+from server.settings import Settings, model_info
+from server.storage import LocalStorage
+from tests.test_server_support import ThreadServer
+
+pytest_plugins = ["tests.redis_fixture", "tests.test_server_support"]
+
+KEY = "fuzz-key"
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(redis_server, tiny_model_file, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    settings = Settings(api_keys=KEY, model=str(tiny_model_file), storage_dir=tmp,
+                        redis_url=redis_server.url, redis_prefix="fuzz")
+    runtime = Runtime(settings, make_queue(settings), LocalStorage(tmp),
+                      model_info(settings.model))
+    from server.api import create_app
+
+    with ThreadServer(create_app(settings, runtime)) as srv:
+        yield srv
+
+
+def test_no_request_gets_a_server_error(fuzz_server):
+    schema = schemathesis.openapi.from_url(f"{fuzz_server.url}/openapi.json")
+    tried = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.path == "/readyz":  # 503 is its answer here: no worker is running
+            continue
+        tried.append(f"{operation.method.upper()} {operation.path}")
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=40, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def check(case):
+            case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"},
+                                   checks=[not_a_server_error])
+
+        check()
+    assert "POST /v1/videos" in tried and "POST /v1/videos/extensions" in tried, tried
