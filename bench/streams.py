@@ -2,13 +2,16 @@
 
 For each N (default 1, 8 and 32) it opens N WebSocket live sessions (``WS /v1/sessions``)
 at once, reads every frame as it arrives for ``--seconds``, then stops them, and reports
-frames/s per stream and in total, time to first frame (p50/p95, from the ``start``
-message to the first fragment) and the server's memory per session (resident memory
-during the run minus before it, divided by N, when the server is a local process) next to
-the bytes of PoM state a session carries.
+frames/s per stream and in total (frames after the first, over the time from the first
+to the end of the window), time to first frame (p50/p95, from the ``start`` message to
+the first fragment) and the server's memory per session (peak resident memory during the
+run minus before it, divided by N, when the server is a local process) next to the bytes
+of PoM state a session carries. Each stream is stopped and its ``end`` awaited before the
+next level starts.
 
 Without ``--url`` it starts ``pomstream serve`` itself (in-process queue, the given model
-and ``--max-sessions`` as large as the largest N) and stops it at the end.
+and ``--max-sessions`` as large as the largest N) and stops it at the end. Against another
+server, its ``POMSTREAM_MAX_ACTIVE_PER_KEY`` must allow the largest N for the key used.
 
     python -m bench.streams --streams 1 8 32 --seconds 20 --json bench/results/streams-cpu.json
     python -m bench.streams --url http://gpu-box:8000 --api-key $KEY --streams 1 8 32
@@ -30,6 +33,7 @@ from pathlib import Path
 import httpx
 import torch
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from bench.machine import describe
 
@@ -90,9 +94,18 @@ async def _stream(url: str, headers: dict, index: int, seconds: float, started: 
             elif body["type"] == "error":
                 raise RuntimeError(f"stream {index}: {body}")
         await ws.send(json.dumps({"type": "stop"}))
-        counted_from = max(first or t0, stop_at[0] - seconds) if stop_at else t0
+        drain_until = time.perf_counter() + 60  # the session ends before the next level
+        while time.perf_counter() < drain_until:
+            try:
+                message = await asyncio.wait_for(ws.recv(), drain_until - time.perf_counter())
+            except (TimeoutError, ConnectionClosed):
+                break
+            if isinstance(message, str) and json.loads(message)["type"] == "end":
+                break
+        # frames after the first, over the time from the first to the deadline
+        window = (stop_at[0] - first) if first is not None and stop_at else 0.0
         return {"session_id": session_id, "ttff_s": None if first is None else first - t0,
-                "frames": frames, "window_s": (stop_at[0] if stop_at else t0) - counted_from}
+                "frames_after_first": max(0, frames - 1), "window_s": window}
 
 
 async def _run_level(base: str, headers: dict, n: int, seconds: float) -> list[dict]:
@@ -126,7 +139,7 @@ def run_level(base: str, headers: dict, n: int, seconds: float, pid: int | None)
 
     streams = asyncio.run(main())
     ttff = [s["ttff_s"] for s in streams if s["ttff_s"] is not None]
-    rates = [s["frames"] / s["window_s"] for s in streams if s["window_s"] > 0]
+    rates = [s["frames_after_first"] / s["window_s"] for s in streams if s["window_s"] > 0]
     result = {
         "streams": n,
         "seconds": seconds,
@@ -138,10 +151,23 @@ def run_level(base: str, headers: dict, n: int, seconds: float, pid: int | None)
         "streams_without_frames": n - len(ttff),
     }
     if before is not None and peak[0]:
+        # everything the server holds per stream: state, activations of the batch,
+        # buffered fragments (in-process queue), allocator slack
         result["server_rss_before_MiB"] = round(before / 2**20, 1)
         result["server_rss_peak_MiB"] = round(peak[0] / 2**20, 1)
         result["memory_per_session_KiB"] = round((peak[0] - before) / n / 1024, 1)
     return result
+
+
+def _state_bytes(model: str) -> dict:
+    """The PoM state a session of ``model`` carries, and its whole snapshot."""
+    from model import StreamGenerator, load_model
+    from server.settings import Settings
+
+    gen = StreamGenerator(load_model(model))
+    session = gen.session("digit 1", seed=0, **Settings(model=model).generation_params())
+    return {"state_bytes_per_session": session.state_bytes,
+            "snapshot_bytes_per_session": len(session.snapshot())}
 
 
 def _start_server(args) -> tuple[subprocess.Popen, str, Path]:
@@ -211,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     out = {"benchmark": "streams", "server": "started here" if proc else base,
            "model": args.model, "machine": describe(torch.device("cpu")) if proc else None,
            "date": time.strftime("%Y-%m-%d"), "results": results}
+    if proc is not None:
+        out.update(_state_bytes(args.model))
+        print(f"PoM state per session: {out['state_bytes_per_session']} bytes "
+              f"(snapshot {out['snapshot_bytes_per_session']} bytes)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

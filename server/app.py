@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -139,12 +140,13 @@ def run_worker(settings: Settings) -> int:
     if not settings.redis_url:
         raise SettingsError("pomstream worker needs POMSTREAM_REDIS_URL (--redis-url)")
     queue = make_queue(settings)
-    worker = build_worker(settings, queue, LocalStorage(settings.storage_dir)).start()
+    worker = build_worker(settings, queue, LocalStorage(settings.storage_dir))
     metrics = None
-    if settings.metrics_port is not None:
+    if settings.metrics_port is not None:  # bind before taking jobs: a busy port stops here
         metrics = serve_worker_metrics(worker, settings.host, settings.metrics_port)
         print(f"pomstream: worker metrics on http://{settings.host}:"
               f"{metrics.server_address[1]}/metrics", flush=True)
+    worker.start()
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -180,6 +182,10 @@ def serve_worker_metrics(worker: Worker, host: str, port: int) -> ThreadingHTTPS
         def log_message(self, *args):  # scrapes are not worth a log line each
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True
+
+    server = Server((host, port), Handler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -388,10 +388,10 @@ class Worker:
 
     def _start_job(self, lease: Lease) -> None:
         with self._lock:
-            held = [a for a in self._active + self._finishing if a.id == lease.job.get("id")]
+            held = [a for a in self._active
+                    if a.lease.entry_id == lease.entry_id and not a.lost]
         if held:  # XAUTOCLAIM handed back a job this worker still runs (its lease went
             held[0].lease = lease  # stale in a Redis outage): keep running that one
-            held[0].lost = False
             return
         if is_session(lease):
             self._start_session(lease)
@@ -418,12 +418,8 @@ class Worker:
         if opened is None:
             return
         config, session, start, encoder = opened
-        if job.extends is not None:
-            try:
-                self._copy_source_frames(job)
-            except JobError as exc:
-                encoder.close()
-                self._end_now(lease, exc)
+        if job.extends is not None and start == job.source_frames:
+            if not self._prepare_extension(lease, job, session, encoder):
                 return
         active = ActiveJob(lease, job, config, session, encoder, self._pick_lane(),
                            progress=int(record.get("progress") or 0))
@@ -498,14 +494,37 @@ class Worker:
         session.set_prompt(job.prompt)
         return session
 
+    def _prepare_extension(self, lease: Lease, job: VideoJob, session: StreamSession,
+                           encoder: LiveEncoder) -> bool:
+        """Copy the source's fragments and save the extension's own first snapshot (from
+        then on it needs its source no more); False when the job ended here instead."""
+        try:
+            self._copy_source_frames(job)
+            self.queue.save_snapshot(job.id, session.snapshot(), job.source_frames)
+            return True
+        except (JobNotFound, StreamClosed):  # deleted meanwhile
+            encoder.close()
+            self.queue.ack(lease)
+        except QueueUnavailable:
+            encoder.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken source fails this job only
+            encoder.close()
+            error = exc if isinstance(exc, JobError) else JobError(
+                "source_incompatible", f"cannot continue video {job.extends}: {exc}")
+            self._end_now(lease, error)
+        return False
+
     def _copy_source_frames(self, job: VideoJob) -> None:
         """Put the source video's fragments first in this job's frame stream (once: a
         worker that takes the job over goes on after the last one stored)."""
         have = self.queue.last_fragment_index(job.id) + 1
         if have >= job.source_frames:
             return
-        init = self.queue.get_init(job.extends)
-        if init is None or init.data != self.queue.get_init(job.id).data:
+        init, own = self.queue.get_init(job.extends), self.queue.get_init(job.id)
+        if own is None:
+            raise JobNotFound(job.id)
+        if init is None or init.data != own.data:
             raise JobError("source_incompatible", f"video {job.extends} was encoded with "
                            "other settings; it cannot be extended by this server")
         cursor = "0-0"
@@ -896,15 +915,15 @@ class Worker:
         interval = self.queue.heartbeat_interval_s
         next_sweep = time.monotonic()
         while not self._stopped.wait(interval):
-            if time.monotonic() >= next_sweep:  # expired videos leave the storage too
-                next_sweep = time.monotonic() + SWEEP_EVERY_S
-                try:
-                    self.storage.sweep(self.video_ttl_s)
-                except OSError as exc:
-                    log_event(log, "worker.sweep_failed", logging.WARNING, error=str(exc))
-            with self._lock:
-                held = self._active + self._finishing
             try:
+                if time.monotonic() >= next_sweep:  # expired videos leave the storage too
+                    next_sweep = time.monotonic() + SWEEP_EVERY_S
+                    try:
+                        self.storage.sweep(self.video_ttl_s)
+                    except OSError as exc:
+                        log_event(log, "worker.sweep_failed", logging.WARNING, error=str(exc))
+                with self._lock:
+                    held = self._active + self._finishing
                 self.registry.beat(self.id)
                 by_entry = {a.lease.entry_id: a for a in held}
                 for lease in self.queue.heartbeat([a.lease for a in held]):

@@ -255,8 +255,13 @@ class LiveConnection:
             self.rt.worker.check_alive()
         job = SessionJob(new_session_id(), prompt, seed, size, info.name)
         await self.claim(job.id)
-        await self.call(self.store.prepare, job.id, self.token)
-        await self.call(self.rt.queue.submit, job.payload())
+        try:
+            await self.call(self.store.prepare, job.id, self.token)
+            await self.call(self.rt.queue.submit, job.payload())
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.call(self.rt.queue.release_slot, self.owner, job.id)
+            raise
         await self.call(self.rt.queue.confirm_slot, self.owner, job.id)
         self.sid = job.id
         await self.send({"type": "session", "session_id": job.id, "status": "queued",

@@ -323,8 +323,9 @@ return redis.call('XADD', KEYS[4], '*', 'job', ARGV[2])
 
 # Per-owner slots (limits on concurrent work). KEYS: the owner's sorted set of job ids
 # (score: when claimed, 0 once submitted). ARGV: job key prefix, limit, job id, now (s),
-# grace (s). A job counts while queued or running (a session while queued or live); one
-# claimed but not submitted yet (no record) counts for ``grace`` seconds.
+# grace (s). A job counts while queued or running (a session while queued or live, and
+# not failed); one claimed but not submitted yet (no record) counts for ``grace`` seconds.
+# It reads job records it is not given as KEYS: fine on one Redis, not on a Cluster.
 _CLAIM_SLOT = """
 local active, have = 0, false
 local now, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -335,6 +336,8 @@ for i, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')) do
     if not f[1] then
       local claimed = tonumber(redis.call('ZSCORE', KEYS[1], id))
       busy = claimed > 0 and now - claimed < grace
+    elseif f[2] == '"completed"' or f[2] == '"failed"' then
+      busy = false
     elseif f[1] == '"session"' then
       busy = f[3] == '"queued"' or f[3] == '"live"'
     else

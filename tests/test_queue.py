@@ -458,3 +458,29 @@ def test_from_url(redis_server, redis_client):
     assert [le.job_id for le in q.take("w", block_ms=100)] == [job_id]
     with pytest.raises(redis.ResponseError):  # other errors are not disguised as outages
         q.redis.execute_command("NOSUCHCOMMAND")
+
+
+def test_owner_slots_count_only_running_work(q):
+    video = q.submit({"prompt": "a"})
+    assert q.claim_slot("alice", video, limit=2)
+    q.confirm_slot("alice", video)
+    session = q.submit({"kind": "session", "prompt": "b", "state": "live"})
+    assert q.claim_slot("alice", session, limit=2)
+    q.confirm_slot("alice", session)
+    assert not q.claim_slot("alice", "video_third", limit=2), "two are running"
+    assert q.claim_slot("bob", "video_other", limit=2), "limits are per owner"
+    assert q.claim_slot("alice", video, limit=2), "re-claiming a held job is no new slot"
+
+    q.update_job(session, status="failed")  # a failed session frees its slot, live or not
+    assert q.claim_slot("alice", "video_third", limit=2)  # claimed, not submitted: counts
+    assert not q.claim_slot("alice", "video_fourth", limit=2)
+    q.release_slot("alice", "video_third")
+    q.finish_job(video, "completed")
+    assert q.claim_slot("alice", "video_fourth", limit=1)
+
+
+def test_rate_limit_window(q):
+    assert all(q.hit_rate("carol", limit=3) == 0 for _ in range(3))
+    wait = q.hit_rate("carol", limit=3)
+    assert 1 <= wait <= 60 or q.hit_rate("carol", limit=3) == 0  # unless a minute turned
+    assert q.hit_rate("dave", limit=3) == 0
