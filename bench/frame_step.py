@@ -14,15 +14,13 @@ that folds the finished frame into the state.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from bench.machine import describe
+from bench.machine import describe, write_json
 from model import StreamGenerator, load_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -95,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
               f"at 10, {r[f'ms_per_frame_step_at_{args.frames}']:9.2f} at {args.frames} "
               f"({r['late_over_early']:.2f}x), {r['frames_per_s_total']:8.1f} frames/s, "
               f"{r['state_bytes_per_session']} state bytes/session")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, out)
     return 0
 
 

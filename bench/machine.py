@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+from pathlib import Path
 
 import torch
 
@@ -45,3 +47,12 @@ def describe(device: torch.device) -> dict:
         except ImportError:
             info["triton"] = None
     return info
+
+
+def write_json(path: str | None, data: dict) -> None:
+    """Write a benchmark's results (with their machine) to ``path``, if one was given."""
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {path}")

@@ -35,7 +35,7 @@ import torch
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from bench.machine import describe
+from bench.machine import describe, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -241,10 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         out.update(_state_bytes(args.model))
         print(f"PoM state per session: {out['state_bytes_per_session']} bytes "
               f"(snapshot {out['snapshot_bytes_per_session']} bytes)")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, out)
     return 0
 
 

@@ -44,3 +44,12 @@ def test_generate_reports_bad_input(tmp_path):
 def test_train_rejects_unknown_config_field(tmp_path):
     res = run_cli("train", "--model", "pom-dit-tiny", "--set", "widht=3", "--out", str(tmp_path))
     assert res.returncode == 2 and "unknown model config fields" in res.stderr
+
+
+def test_bench_takes_its_own_options(tmp_path, capsys):
+    from pomstream.cli import main as cli_main
+
+    out = tmp_path / "bench.json"
+    assert cli_main(["bench", "--model", "pom-dit-tiny", "--frames", "20", "--threads", "1",
+                     "--json", str(out)]) == 0
+    assert "pom-dit-tiny x1" in capsys.readouterr().out and out.exists()

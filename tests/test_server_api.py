@@ -18,6 +18,7 @@ from server.storage import LocalStorage
 from tests.redis_helpers import free_port
 from tests.test_server_support import (
     ThreadServer,
+    api_only_server,
     assert_openai_error,
     decode,
     shared_server,
@@ -201,12 +202,7 @@ def test_websocket_bad_ids_are_refused(server):
 @pytest.fixture
 def keyed_server(tiny_model_file, tmp_path):
     """An API-only server with API keys (in a thread; its queue is in-process)."""
-    settings = Settings(api_keys="k1,k2", model=str(tiny_model_file), storage_dir=tmp_path)
-    runtime = Runtime(settings, make_queue(settings), LocalStorage(tmp_path),
-                      model_info(settings.model))
-    from server.api import create_app
-
-    with ThreadServer(create_app(settings, runtime)) as srv:
+    with api_only_server(tmp_path, api_keys="k1,k2", model=str(tiny_model_file)) as srv:
         yield srv
 
 
@@ -335,14 +331,9 @@ def test_remix_and_extend_errors(http):
 @pytest.fixture
 def limited_server(redis_server, tiny_model_file, tmp_path):
     """API only (no worker: videos stay queued) on the real Redis, with small limits."""
-    settings = Settings(api_keys="k1,k2", model=str(tiny_model_file), storage_dir=tmp_path,
-                        redis_url=redis_server.url, redis_prefix=f"limits{tmp_path.name}",
-                        rate_limit_per_minute=40, max_active_per_key=2)
-    runtime = Runtime(settings, make_queue(settings), LocalStorage(tmp_path),
-                      model_info(settings.model))
-    from server.api import create_app
-
-    with ThreadServer(create_app(settings, runtime)) as srv:
+    with api_only_server(tmp_path, api_keys="k1,k2", model=str(tiny_model_file),
+                         redis_url=redis_server.url, redis_prefix=f"limits{tmp_path.name}",
+                         rate_limit_per_minute=40, max_active_per_key=2) as srv:
         yield srv
 
 

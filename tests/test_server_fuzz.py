@@ -8,10 +8,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from server.app import Runtime, make_queue
-from server.settings import Settings, model_info
-from server.storage import LocalStorage
-from tests.test_server_support import ThreadServer
+from tests.test_server_support import api_only_server
 
 pytest_plugins = ["tests.redis_fixture", "tests.test_server_support"]
 
@@ -20,14 +17,9 @@ KEY = "fuzz-key"
 
 @pytest.fixture(scope="module")
 def fuzz_server(redis_server, tiny_model_file, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fuzz")
-    settings = Settings(api_keys=KEY, model=str(tiny_model_file), storage_dir=tmp,
-                        redis_url=redis_server.url, redis_prefix="fuzz")
-    runtime = Runtime(settings, make_queue(settings), LocalStorage(tmp),
-                      model_info(settings.model))
-    from server.api import create_app
-
-    with ThreadServer(create_app(settings, runtime)) as srv:
+    with api_only_server(tmp_path_factory.mktemp("fuzz"), api_keys=KEY,
+                         model=str(tiny_model_file), redis_url=redis_server.url,
+                         redis_prefix="fuzz") as srv:
         yield srv
 
 

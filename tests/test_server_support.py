@@ -7,6 +7,7 @@ two sampling steps, so a frame costs milliseconds even on a loaded machine.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import av
@@ -199,3 +200,19 @@ def shared_server(redis_server, model_file: Path, tmp_path_factory, prefix: str,
     proc.start().wait_ready()
     yield proc
     assert proc.stop() == 0, proc.log()
+
+
+@contextlib.contextmanager
+def api_only_server(storage_dir: Path, **settings_fields) -> Iterator[ThreadServer]:
+    """The API without a worker, in a thread (videos stay queued); its queue is on the
+    Redis that ``redis_url`` names, or in-process without one."""
+    from server.api import create_app
+    from server.app import Runtime, make_queue
+    from server.settings import Settings, model_info
+    from server.storage import LocalStorage
+
+    settings = Settings(storage_dir=storage_dir, **settings_fields)
+    runtime = Runtime(settings, make_queue(settings), LocalStorage(storage_dir),
+                      model_info(settings.model))
+    with ThreadServer(create_app(settings, runtime)) as srv:
+        yield srv

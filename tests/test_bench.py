@@ -1,5 +1,5 @@
-"""The streams benchmark command runs end to end (tiny model, two short levels); its
-numbers are printed and written, never asserted against targets."""
+"""Benchmark commands run end to end on the tiny model (streams: two short levels;
+context use: the loss table); their numbers are printed and written, never asserted."""
 
 import json
 
@@ -19,3 +19,13 @@ def test_streams_benchmark_runs(tiny_model_file, tmp_path, capsys):
         assert r["ttff_p50_s"] <= r["ttff_p95_s"]
         assert "memory_per_session_KiB" in r
     assert "3 streams:" in capsys.readouterr().out
+
+
+def test_context_use_reports_losses_per_frame():
+    from bench.context_use import context_losses
+    from tests.conftest import randomized_model
+
+    losses = context_losses(randomized_model().float(), clips=2, frames=4, levels=(0.9,))
+    row = losses["t=0.9"]
+    assert set(row) == {"frame_0", "frame_1", "frame_2", "frame_3", "frame_3_shuffled_past"}
+    assert all(v > 0 for v in row.values())
