@@ -35,6 +35,7 @@ answers clients on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -333,11 +334,30 @@ def check_rate(queue: JobQueue, settings: Settings, owner: str) -> None:
                        type="rate_limit_error", headers={"Retry-After": str(wait)})
 
 
-def claim_slot(queue: JobQueue, settings: Settings, owner: str, job_id: str) -> None:
-    if not queue.claim_slot(owner, job_id, settings.max_active_per_key):
+def claim_slot(queue: JobQueue, settings: Settings, owner: str, job_id: str,
+               submitted: bool = False) -> None:
+    if not queue.claim_slot(owner, job_id, settings.max_active_per_key,
+                            submitted=submitted):
         raise ApiError(429, f"this API key already has {settings.max_active_per_key} videos "
                        "or live sessions queued or running; wait for one to finish",
                        code="too_many_active", type="rate_limit_error")
+
+
+def submit_within_limit(queue: JobQueue, settings: Settings, owner: str,
+                        payload: dict[str, Any], before=None) -> None:
+    """Claim a slot of ``owner``'s running work, run ``before`` (if given), submit the
+    job; the slot is released when that fails (ApiError 429 when no slot is free)."""
+    job_id = payload["id"]
+    claim_slot(queue, settings, owner, job_id)
+    try:
+        if before is not None:
+            before()
+        queue.submit(payload)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first failure is the one to report
+            queue.release_slot(owner, job_id)
+        raise
+    queue.confirm_slot(owner, job_id)
 
 
 class _BodyTooLarge(Exception):
@@ -505,14 +525,8 @@ def _videos_router(settings: Settings) -> APIRouter:
         rt = _rt(request)
         if rt.worker is not None:  # serve: its only worker died, a job would wait forever
             rt.worker.check_alive()
-        owner = request.state.owner
-        await anyio.to_thread.run_sync(claim_slot, rt.queue, settings, owner, job.id)
-        try:
-            await anyio.to_thread.run_sync(rt.queue.submit, job.payload())
-        except BaseException:
-            await anyio.to_thread.run_sync(rt.queue.release_slot, owner, job.id)
-            raise
-        await anyio.to_thread.run_sync(rt.queue.confirm_slot, owner, job.id)
+        await anyio.to_thread.run_sync(submit_within_limit, rt.queue, settings,
+                                       request.state.owner, job.payload())
         record = await anyio.to_thread.run_sync(rt.queue.get_job, job.id)
         log_event(log, "video.created", job_id=job.id, frames=job.frames,
                   remixed_from=job.remixed_from_video_id, extends=job.extends)

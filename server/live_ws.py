@@ -58,6 +58,7 @@ from server.api import (
     check_rate,
     claim_slot,
     owner_of,
+    submit_within_limit,
 )
 from server.engine import WorkerDead
 from server.queue import (
@@ -254,15 +255,9 @@ class LiveConnection:
         if self.rt.worker is not None:  # serve: its only worker died, nothing would run
             self.rt.worker.check_alive()
         job = SessionJob(new_session_id(), prompt, seed, size, info.name)
-        await self.claim(job.id)
-        try:
-            await self.call(self.store.prepare, job.id, self.token)
-            await self.call(self.rt.queue.submit, job.payload())
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.call(self.rt.queue.release_slot, self.owner, job.id)
-            raise
-        await self.call(self.rt.queue.confirm_slot, self.owner, job.id)
+        await self.within_limit(submit_within_limit, self.rt.queue, self.settings,
+                                self.owner, job.payload(),
+                                functools.partial(self.store.prepare, job.id, self.token))
         self.sid = job.id
         await self.send({"type": "session", "session_id": job.id, "status": "queued",
                          "frame": 0, "resumed": False, "seed": seed, "fps": info.fps,
@@ -277,8 +272,8 @@ class LiveConnection:
             raise BadValue("not_found", f"no session with id {sid!r}")
         self.client_acks = self.check_ack_flag(msg)
         job = SessionJob.from_payload(record).payload()
-        await self.claim(sid)
-        await self.call(self.rt.queue.confirm_slot, self.owner, sid)
+        await self.within_limit(claim_slot, self.rt.queue, self.settings, self.owner, sid,
+                                True)  # the session exists: submitted long ago
         try:
             attached = await self.call(self.store.attach, sid, self.token, job)
         except SessionNotFound:
@@ -297,10 +292,11 @@ class LiveConnection:
         if attached.state == "live":  # a worker runs it: ask for a keyframe to start from
             await self.call(self.store.send, sid, {"op": "keyframe"})
 
-    async def claim(self, sid: str) -> None:
-        """Count the session against its key's limit on running work."""
+    async def within_limit(self, fn, *args) -> None:
+        """Run a slot claim (server.api) against the key's limit on running work; a full
+        limit is an error message to the client, not the end of the connection."""
         try:
-            await self.call(claim_slot, self.rt.queue, self.settings, self.owner, sid)
+            await self.call(fn, *args)
         except ApiError as exc:
             raise BadValue(exc.code, exc.message) from None
 

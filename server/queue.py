@@ -323,8 +323,9 @@ return redis.call('XADD', KEYS[4], '*', 'job', ARGV[2])
 
 # Per-owner slots (limits on concurrent work). KEYS: the owner's sorted set of job ids
 # (score: when claimed, 0 once submitted). ARGV: job key prefix, limit, job id, now (s),
-# grace (s). A job counts while queued or running (a session while queued or live, and
-# not failed); one claimed but not submitted yet (no record) counts for ``grace`` seconds.
+# grace (s), score to write (now, or 0 for a job already submitted). A job counts while
+# queued or running (a session while queued or live, and not failed); one claimed but not
+# submitted yet (no record) counts for ``grace`` seconds.
 # It reads job records it is not given as KEYS: fine on one Redis, not on a Cluster.
 _CLAIM_SLOT = """
 local active, have = 0, false
@@ -348,7 +349,7 @@ for i, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')) do
   end
 end
 if active >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('ZADD', KEYS[1], tonumber(ARGV[6]), ARGV[3])
 redis.call('EXPIRE', KEYS[1], 604800)
 return 1
 """
@@ -784,14 +785,17 @@ class JobQueue:
     # --- per-owner limits (an owner: an API key's hash, see server.api) ---------------
 
     @_guarded
-    def claim_slot(self, owner: str, job_id: str, limit: int, grace_s: int = 30) -> bool:
+    def claim_slot(self, owner: str, job_id: str, limit: int, grace_s: int = 30,
+                   submitted: bool = False) -> bool:
         """Count ``job_id`` among ``owner``'s running work unless ``limit`` other jobs
-        or sessions of theirs are queued or running; False when they are."""
+        or sessions of theirs are queued or running; False when they are. A job not
+        ``submitted`` yet counts for ``grace_s`` until ``confirm_slot``."""
         check_id(owner, "owner")
         check_id(job_id, "job id")
+        now = int(time.time())
         return bool(self._script("claim_slot", [f"{self.keys.prefix}:owner:{owner}"],
-                                 [f"{self.keys.prefix}:job:", int(limit), job_id,
-                                  int(time.time()), int(grace_s)]))
+                                 [f"{self.keys.prefix}:job:", int(limit), job_id, now,
+                                  int(grace_s), 0 if submitted else now]))
 
     @_guarded
     def confirm_slot(self, owner: str, job_id: str) -> None:

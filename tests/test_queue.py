@@ -477,6 +477,10 @@ def test_owner_slots_count_only_running_work(q):
     q.release_slot("alice", "video_third")
     q.finish_job(video, "completed")
     assert q.claim_slot("alice", "video_fourth", limit=1)
+    # a job claimed as already submitted has no grace: once its record is gone, so is it
+    assert q.claim_slot("erin", video, limit=1, submitted=True)
+    q.delete_job(video)
+    assert q.claim_slot("erin", "video_fifth", limit=1)
 
 
 def test_rate_limit_window(q):
