@@ -172,10 +172,8 @@ class Block(nn.Module):
                 else:
                     if n_frames != 1:
                         raise ValueError("streaming runs one frame at a time")
-                    flat = PoMState(state.total.flatten(0, 1), state.count.flatten(0, 1))
-                    y, st = self.temporal.state_forward(seqs, flat)
-                    new_state = PoMState(st.total.unflatten(0, (B, L)),
-                                         st.count.unflatten(0, (B, L)))
+                    y, st = self.temporal.state_forward(seqs, state.reshape_batch(B * L))
+                    new_state = st.reshape_batch(B, L)
                 return y.unflatten(0, (B, L)).transpose(1, 2)
             if state is None:
                 return self.temporal(h.flatten(1, 2), mask="frame_causal", frame_tokens=L
@@ -267,9 +265,8 @@ class VideoDiT(nn.Module):
         states = []
         for b in self.blocks:
             if b.per_position:
-                st = b.temporal.empty_state(batch * b.positions, device, dtype)
-                st = PoMState(st.total.unflatten(0, (batch, b.positions)),
-                              st.count.unflatten(0, (batch, b.positions)))
+                st = b.temporal.empty_state(batch * b.positions, device, dtype
+                                            ).reshape_batch(batch, b.positions)
             else:
                 st = b.temporal.empty_state(batch, device, dtype)
             states.append(st)
