@@ -244,19 +244,30 @@ BAD_FIRST = [
 @pytest.mark.parametrize(("message", "code", "closes"), BAD_FIRST)
 def test_bad_first_messages(server, message, code, closes):
     live = Live(server)
+    if not refused(live, message, code, closes, streaming=False):
+        # the connection survives a bad value and takes a good start
+        live.send(type="start", prompt="digit 1")
+        live.until("session")
+        live.send(type="stop")
+        live.until("end")
+    live.close()
+
+
+def refused(live: Live, message: str | bytes, code: str, closes: bool, streaming: bool
+            ) -> bool:
+    """Send a bad message: the server answers an error ``code``; with ``closes`` it then
+    closes the connection with 1008 (after frames already in flight, when ``streaming``).
+    True when the connection was closed."""
     live.ws.send(message)
     error = live.until("error", 10)
     assert error["code"] == code and error["message"]
     if closes:
         with pytest.raises(ConnectionClosed) as info:
             live.recv(5)
+            while streaming:
+                live.recv(5)
         assert info.value.rcvd.code == 1008
-    else:  # the connection survives a bad value and takes a good start
-        live.send(type="start", prompt="digit 1")
-        live.until("session")
-        live.send(type="stop")
-        live.until("end")
-    live.close()
+    return closes
 
 
 BAD_CONTROLS = [
@@ -275,15 +286,7 @@ def test_bad_control_messages(server, message, code, closes):
     live = Live(server)
     live.send(type="start", prompt="digit 2")
     live.until("session")
-    live.ws.send(message)
-    error = live.until("error", 10)
-    assert error["code"] == code
-    if closes:
-        with pytest.raises(ConnectionClosed) as info:
-            while True:
-                live.recv(5)
-        assert info.value.rcvd.code == 1008
-    else:
+    if not refused(live, message, code, closes, streaming=True):
         live.collect(2)  # still streaming
         live.send(type="stop")
         live.until("end")
