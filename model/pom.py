@@ -47,6 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kernels.pom import ops
+from kernels.pom.aggregate.naive import acc_dtype, features
+
 MaskArg = Tensor | str | None
 _MODES = ("causal", "frame", "frame_causal")
 
@@ -141,12 +144,7 @@ class PoM(nn.Module):
 
     def features(self, hc: Tensor) -> Tensor:
         """Polynomial features P of the context projection (Horner form)."""
-        a = F.leaky_relu(hc, 0.01).clamp(-0.1, 6.0)
-        coeff = self.po_coeff.to(a.dtype)
-        p = coeff[:, -1]
-        for j in range(self.degree - 2, -1, -1):
-            p = coeff[:, j] + a * p
-        return a * p
+        return features(hc, self.po_coeff)
 
     def _project(self, xq: Tensor, xc: Tensor | None) -> tuple[Tensor, Tensor]:
         """(hc, hs): context projection and selection logits, one GEMM when self-mixing."""
@@ -155,14 +153,6 @@ class PoM(nn.Module):
             return h[..., : self.inner], h[..., self.inner :]
         w = self.qc_proj.weight
         return F.linear(xc, w[: self.inner]), F.linear(xq, w[self.inner :])
-
-    def _select(self, hs: Tensor, hbar: Tensor) -> Tensor:
-        s = F.hardsigmoid(hs + self.se_bias)  # (B, T, H)
-        if self.n_sel != self.inner:
-            shape = torch.broadcast_shapes(hbar.shape[:-1], s.shape[:-1])
-            hbar = hbar.expand(*shape, self.inner).unflatten(-1, (self.n_sel, -1))
-            return self.ag_proj((s.expand(*shape, self.n_sel)[..., None] * hbar).flatten(-2))
-        return self.ag_proj(s * hbar)
 
     # -- parallel forward ---------------------------------------------------------------
     def forward(self, xq: Tensor, xc: Tensor | None = None, mask: MaskArg = None,
@@ -173,45 +163,48 @@ class PoM(nn.Module):
         is the token count of one frame for the ``"frame"`` and ``"frame_causal"`` modes.
         """
         hc, hs = self._project(xq, xc)  # (B, N, eD), (B, T, H)
-        p = self.features(hc)  # (B, N, eD)
-        hbar = self.mix(p, mask, frame_tokens, n_query=hs.shape[1])  # (B, T or 1, eD)
-        return self._select(hs, hbar)  # (B, T, D)
+        hbar, rows = self.mix(hc, mask, frame_tokens, n_query=hs.shape[1])
+        return self.ag_proj(ops.select(hs, self.se_bias, hbar, rows))  # (B, T, D)
 
-    def mix(self, p: Tensor, mask: MaskArg, frame_tokens: int | None, n_query: int) -> Tensor:
-        """Average the features ``p`` (B, N, eD) as the mask says; (B, T or 1, eD)."""
-        B, N, E = p.shape
+    def mix(self, hc: Tensor, mask: MaskArg, frame_tokens: int | None, n_query: int
+            ) -> tuple[Tensor, int]:
+        """Average the features of ``hc`` (B, N, eD) as the mask says.
+
+        Returns ``(hbar, rows)``: the states (B, R, eD), compact, one row per ``rows``
+        consecutive query tokens (R = 1 for a global or padded mean, one per frame, or one
+        per token), in float32 (float64 stays).
+        """
+        B, N, E = hc.shape
+        coeff = self.po_coeff
+        rows_all = max(n_query, 1)
         if mask is None:
-            return p.mean(1, keepdim=True)
+            return ops.feature_sums(hc, coeff) / N, rows_all
         if isinstance(mask, str):
             if mask not in _MODES:
                 raise ValueError(f"unknown mask mode {mask!r}; expected one of {_MODES}")
             if n_query != N:
                 raise ValueError(f"mask {mask!r} needs as many queries as context tokens")
             if mask == "causal":
-                n = torch.arange(1, N + 1, device=p.device, dtype=p.dtype)[:, None]
-                return p.cumsum(1) / n
+                return ops.causal_mean(hc, coeff), 1
             if not frame_tokens or N % frame_tokens:
                 raise ValueError(f"frame_tokens={frame_tokens} must divide the {N} tokens")
-            frames = p.unflatten(1, (N // frame_tokens, frame_tokens)).sum(2)  # (B, F, eD)
+            frames = ops.feature_sums(hc, coeff, frame_tokens)  # (B, F, eD)
             if mask == "frame":
-                hbar = frames / frame_tokens
-            else:
-                hbar = self._frame_prefix(frames, frame_tokens)
-            return hbar.repeat_interleave(frame_tokens, dim=1)  # (B, N, eD)
-        mask = mask.to(device=p.device)
+                return frames / frame_tokens, frame_tokens
+            return self._frame_prefix(frames, frame_tokens), frame_tokens
+        mask = mask.to(device=hc.device)
         if mask.dtype != torch.bool:
             raise TypeError("a tensor mask must be boolean (True = mix this token)")
-        w = mask.to(p.dtype)
         if mask.shape == (B, N):
-            total = torch.einsum("bn,bne->be", w, p)[:, None]  # (B, 1, eD)
-            count = w.sum(1)[:, None, None]
-        elif mask.shape == (B, n_query, N):
-            total = torch.bmm(w, p)  # (B, T, eD)
-            count = w.sum(2)[..., None]
-        else:
-            raise ValueError(f"mask of shape {tuple(mask.shape)} fits neither (B, N) = "
-                             f"{(B, N)} nor (B, T, N) = {(B, n_query, N)}")
-        return total / count.clamp_min(1)
+            w = mask.to(acc_dtype(hc.dtype))
+            total = ops.feature_sums(hc, coeff, weights=w)  # (B, 1, eD)
+            return total / w.sum(1)[:, None, None].clamp_min(1), rows_all
+        if mask.shape == (B, n_query, N):
+            p = ops.feature_sums(hc, coeff, 1)  # (B, N, eD): one token per group
+            w = mask.to(p.dtype)
+            return torch.bmm(w, p) / w.sum(2)[..., None].clamp_min(1), 1  # (B, T, eD)
+        raise ValueError(f"mask of shape {tuple(mask.shape)} fits neither (B, N) = "
+                         f"{(B, N)} nor (B, T, N) = {(B, n_query, N)}")
 
     def _frame_prefix(self, frames: Tensor, frame_tokens: int) -> Tensor:
         """Mean over frames <= f of per-frame sums (B, F, eD), decayed when configured."""
@@ -247,15 +240,8 @@ class PoM(nn.Module):
         if state is None:
             state = self.empty_state(B, x.device, x.dtype)
         hc, hs = self._project(x, None)  # (B, m, eD), (B, m, H)
-        # accumulate in the wider of the state's and the compute dtype: a bf16 network
+        # the sums accumulate in the wider of the state's dtype and float32: a bf16 network
         # keeps a float32 state, which thousands of frames of sums would otherwise erode
-        acc = torch.promote_types(state.total.dtype, hc.dtype)
-        chunk = self.features(hc).sum(1).to(acc)  # (B, eD)
-        total, count = state.total.to(acc), state.count.to(acc)
-        gamma = self.decay()
-        if gamma is not None:
-            gamma = gamma.to(acc)
-            total, count = gamma * total, gamma * count
-        new = PoMState(total + chunk, count + m)
-        hbar = (new.total / new.count.clamp_min(1))[:, None].to(hc.dtype)  # (B, 1, eD)
-        return self._select(hs, hbar), new
+        hbar, total, count = ops.state_update(hc, self.po_coeff, state.total, state.count,
+                                              self.decay())
+        return self.ag_proj(ops.select(hs, self.se_bias, hbar[:, None], m)), PoMState(total, count)

@@ -39,6 +39,7 @@ from .autoencoder import build_autoencoder
 from .checkpoint import weights_digest
 from .diffusion import SAMPLERS, guided, make_sampler
 from .dit import VideoDiT
+from .frame_step import FrameStep
 from .pom import PoMState
 
 SNAPSHOT_MAGIC = b"POMSNAP\x00"
@@ -195,8 +196,10 @@ def _parse_snapshot(data: bytes) -> tuple[dict, dict[str, Tensor]]:
 class StreamGenerator:
     """Owns a model and steps any number of :class:`StreamSession` s, batched."""
 
-    def __init__(self, model: VideoDiT, prompt_cache: int = 256):
+    def __init__(self, model: VideoDiT, prompt_cache: int = 256, graphs: bool | None = None):
         self.model = model.eval().requires_grad_(False)
+        # the network pass of a frame: CUDA graphs per batch bucket on a GPU, eager on CPU
+        self.frame_step = FrameStep(self.model, graphs=graphs)
         self.cfg = model.cfg
         self.autoencoder = build_autoencoder(model.cfg)
         param = next(model.parameters())
@@ -258,7 +261,7 @@ class StreamGenerator:
         return x.to(self.device, self.dtype)
 
     def _step_group(self, sessions: list[StreamSession]) -> np.ndarray:
-        p, n, model = sessions[0].params, len(sessions), self.model
+        p, n, step = sessions[0].params, len(sessions), self.frame_step
         cond = torch.cat([s._cond for s in sessions])  # (n, D)
         def stacked(attr: str) -> list[PoMState]:
             return [PoMState.cat(layer)
@@ -274,8 +277,8 @@ class StreamGenerator:
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             if not p.uses_cfg:
-                return model.step(x, t, cond, states)[0]
-            v, _ = model.step(torch.cat([x, x]), torch.cat([t, t]), cond, states)
+                return step(x, t, cond, states)[0]
+            v, _ = step(torch.cat([x, x]), torch.cat([t, t]), cond, states)
             v_cond, v_uncond = v.chunk(2)
             return guided(v_cond, v_uncond, scale)
 
@@ -286,7 +289,7 @@ class StreamGenerator:
             ctx = (1 - p.context_noise) * x0 + p.context_noise * self._noise(sessions)
         reps = 2 if p.uses_cfg else 1
         t_ctx = torch.full((n * reps,), p.context_noise, device=self.device, dtype=self.dtype)
-        _, new = model.step(ctx.repeat(reps, 1, 1, 1), t_ctx, cond, states)
+        _, new = step(ctx.repeat(reps, 1, 1, 1), t_ctx, cond, states)
         per_session = list(zip(*(st.split() for st in new), strict=True))  # [reps*n][depth]
         for i, s in enumerate(sessions):
             s.states = [st.to_dtype(self.state_dtype) for st in per_session[i]]

@@ -114,10 +114,27 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from bench.frame_step import main as bench_main
+BENCHMARKS = {  # pomstream bench [NAME] ...: module under bench/ with a main(argv)
+    "frame-step": "bench.frame_step",
+    "kernels": "bench.kernels",
+    "streams": "bench.streams",
+    "context-use": "bench.context_use",
+}
 
-    return bench_main(args.rest)
+
+def cmd_bench(argv: list[str]) -> int:
+    """``pomstream bench [frame-step|kernels|streams|context-use] [options]``; the frame-step
+    benchmark when no name is given."""
+    import importlib
+
+    name = argv[0] if argv and not argv[0].startswith("-") else "frame-step"
+    if argv and not argv[0].startswith("-"):
+        argv = argv[1:]
+    if name not in BENCHMARKS:
+        print(f"pomstream bench: unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}",
+              file=sys.stderr)
+        return 2
+    return importlib.import_module(BENCHMARKS[name]).main(argv)
 
 
 _SERVER_OPTIONS = {  # flag -> (Settings field, type, help); unset flags keep env/defaults
@@ -229,9 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     _gen_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("bench", help="frame-step benchmark (see bench/frame_step.py --help)")
+    p = sub.add_parser("bench", help="benchmarks: bench [frame-step|kernels|streams|context-use] "
+                                     "[options] (see bench/*.py --help)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("serve", help="API + worker in one process (no Redis needed)")
     _server_args(p, "serve")
@@ -249,10 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # its own parser (argparse's REMAINDER drops leading options)
-        from bench.frame_step import main as bench_main
-
-        return bench_main(argv[1:])
+    if argv[:1] == ["bench"]:  # its own parsers (argparse's REMAINDER drops leading options)
+        return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

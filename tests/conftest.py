@@ -1,5 +1,13 @@
-import pytest
+import os
+
 import torch
+
+# Without a GPU the Triton kernels are checked through Triton's interpreter, which is chosen
+# when a kernel is defined: set before anything imports kernels/*/kernel.py.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 from model.config import get_config
 from model.dit import VideoDiT

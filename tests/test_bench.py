@@ -29,3 +29,41 @@ def test_context_use_reports_losses_per_frame():
     row = losses["t=0.9"]
     assert set(row) == {"frame_0", "frame_1", "frame_2", "frame_3", "frame_3_shuffled_past"}
     assert all(v > 0 for v in row.values())
+
+
+def test_kernel_benchmark_quick_run_records_every_section(tmp_path, capsys):
+    """`pomstream bench kernels --quick`: every section runs; on a CPU the GPU-only columns
+    say why they are missing instead of holding a number."""
+    from pomstream.cli import main as cli
+
+    out = tmp_path / "kernels.json"
+    assert cli(["bench", "kernels", "--quick", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["machine"]["torch"] and data["dispatch"]["requested"] in ("auto", "reference",
+                                                                          "triton")
+    sections = data["sections"]
+    layer = sections["layer"]
+    assert {(r["mode"], r["batch"], r["tokens"]) for r in layer} == {
+        (m, b, n) for m in ("global", "frame_causal", "padding") for b in (1, 2)
+        for n in (256, 512)}
+    for r in layer:
+        assert r["reference_fwd_ms"] > 0 and r["reference_fwd_bwd_ms"] > 0
+        assert r["floor_fwd_ms"] > 0
+        assert r["kernels_fwd_ms"].startswith("skipped")  # CUDA only
+    assert all(r["attention_fwd_ms"] > 0 for r in layer if r["mode"] != "padding")
+    assert [r["earlier_frames"] for r in sections["context"]] == [0, 4, 16]
+    assert sections["context"][2]["attention_kv_bytes"] == 2 * 16 * 64 * 64 * 4
+    assert [r["sessions"] for r in sections["frame_step"]["rows"]] == [1, 2]
+    assert all(r["eager_reference_ms"] > 0 for r in sections["frame_step"]["rows"])
+    assert [r["streams"] for r in sections["streaming"]] == [1, 2]
+    assert all(r["fps_total"] > 0 for r in sections["streaming"])
+    assert {r["mixer"] for r in sections["train"]} == {"pom", "attention"}
+    assert all(r["ms_per_step"] > 0 for r in sections["train"])
+    assert "== frame_step" in capsys.readouterr().out
+
+
+def test_bench_names_are_checked(capsys):
+    from pomstream.cli import main as cli
+
+    assert cli(["bench", "nonsense"]) == 2
+    assert "unknown benchmark" in capsys.readouterr().err

@@ -1,0 +1,52 @@
+"""Pieces shared by the PoM Triton kernels: the feature polynomial and launch sizes."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def activation(h):
+    """a = clamp(leaky_relu(h, 0.01), -0.1, 6) and da/dh (torch's conventions: slope 0.01
+    at h <= 0, gradient kept on the clamp bounds)."""
+    lr = tl.where(h > 0, h, h / 100.0)  # /100, not *0.01: exact in float64 too
+    a = tl.minimum(tl.maximum(lr, -0.1), 6.0)
+    slope = tl.where(h > 0, 100.0, 1.0).to(h.dtype) / 100.0  # 1 or 0.01, exact in float64
+    da = tl.where((lr >= -0.1) & (lr <= 6.0), slope, 0.0)
+    return a, da
+
+
+@triton.jit
+def load_coeff(coeff_ptr, offs_e, mask_e, stride_ce, j, ACC: tl.constexpr):
+    """Coefficient column j as a (1, BLOCK_E) row in the accumulation dtype."""
+    return tl.load(coeff_ptr + offs_e * stride_ce + j, mask=mask_e, other=0.0).to(ACC)[None, :]
+
+
+@triton.jit
+def poly(a, coeff_ptr, offs_e, mask_e, stride_ce, DEGREE: tl.constexpr, ACC: tl.constexpr):
+    """P = sum_j C[:, j] a**(j+1), Horner form."""
+    p = load_coeff(coeff_ptr, offs_e, mask_e, stride_ce, DEGREE - 1, ACC)
+    for i in tl.static_range(DEGREE - 1):
+        p = load_coeff(coeff_ptr, offs_e, mask_e, stride_ce, DEGREE - 2 - i, ACC) + a * p
+    return a * p
+
+
+@triton.jit
+def poly_grad(a, coeff_ptr, offs_e, mask_e, stride_ce, DEGREE: tl.constexpr, ACC: tl.constexpr):
+    """dP/da = sum_j (j+1) C[:, j] a**j, Horner form."""
+    d = DEGREE * load_coeff(coeff_ptr, offs_e, mask_e, stride_ce, DEGREE - 1, ACC)
+    for i in tl.static_range(DEGREE - 1):
+        j = DEGREE - 2 - i
+        d = (j + 1) * load_coeff(coeff_ptr, offs_e, mask_e, stride_ce, j, ACC) + a * d
+    return d
+
+
+def block_e(width: int) -> int:
+    """Channel tile: 128 channels (fewer for narrow layers)."""
+    return min(128, triton.next_power_of_2(width))
+
+
+def block_n(tokens: int) -> int:
+    """Token tile for a group of ``tokens`` tokens: 64 rows (fewer for short groups)."""
+    return min(64, triton.next_power_of_2(max(tokens, 1)))

@@ -1,0 +1,31 @@
+"""Reference (pure PyTorch) for PoM's selection: each query token gates the state.
+
+    u[b, t, e] = hardsigmoid(hs[b, t, e // (eD/H)] + bs[e // (eD/H)]) * hbar[b, t // rows, e]
+
+``hbar`` holds one state row per ``rows`` consecutive query tokens: one row for the whole
+sequence (global mixing), one per frame, or one per token. ``u`` feeds the output
+projection ``ag_proj``.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def select(hs: Tensor, bias: Tensor, hbar: Tensor, rows: int) -> Tensor:
+    """hs (B, T, H), bias (H,), hbar (B or 1, R, eD) -> u (B, T, eD) in hs's dtype."""
+    B, T, H = hs.shape
+    E = hbar.shape[-1]
+    if E % H:
+        raise ValueError(f"{H} selection heads must divide {E} state channels")
+    s = F.hardsigmoid(hs + bias.to(hs.dtype))  # (B, T, H)
+    hb = hbar.to(hs.dtype)
+    if rows > 1:
+        hb = hb.repeat_interleave(rows, 1)
+    hb = hb[:, :T]
+    if hb.shape[1] == 1 and T > 1:
+        hb = hb.expand(-1, T, -1)
+    if H == E:
+        return s * hb
+    return (s[..., None] * hb.unflatten(-1, (H, E // H))).flatten(-2)

@@ -1,0 +1,83 @@
+"""Triton kernel: fold one chunk into the PoM states of many sequences in one launch.
+
+One program per (sequence, channel tile): it reads the chunk's context projections,
+computes the features in registers, sums them, decays and updates the carried sum and
+count, and writes the mean the chunk reads. With per-position temporal states a batch of
+32 sessions at 1,024 positions is 32,768 sequences of one token: one launch, no
+intermediate tensor. Reference: ``naive.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels.dispatch import new_output
+from kernels.pom.common import activation, block_e, block_n, poly
+
+_TL = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+@triton.jit
+def _update(hc_ptr, coeff_ptr, tot_ptr, cnt_ptr, gamma_ptr, ntot_ptr, ncnt_ptr, hbar_ptr, M, E,
+            s_hs, s_hm, s_he, s_ce, s_ts, s_te, s_cs, s_cc, s_ns, s_ne, s_nc, s_ncc, s_bs, s_be,
+            PER_CHANNEL: tl.constexpr, HAS_DECAY: tl.constexpr, DEGREE: tl.constexpr,
+            ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
+    s, eb = tl.program_id(0), tl.program_id(1)
+    offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < E
+    chunk = tl.zeros((BLOCK_E,), ACC)
+    for n0 in range(0, M, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        m2 = (offs_n < M)[:, None] & mask_e[None, :]
+        h = tl.load(hc_ptr + s * s_hs + offs_n[:, None] * s_hm + offs_e[None, :] * s_he,
+                    mask=m2, other=0.0).to(ACC)
+        a, _ = activation(h)
+        chunk += tl.sum(tl.where(m2, poly(a, coeff_ptr, offs_e, mask_e, s_ce, DEGREE, ACC), 0.0), 0)
+    total = tl.load(tot_ptr + s * s_ts + offs_e * s_te, mask=mask_e, other=0.0).to(ACC)
+    if PER_CHANNEL:
+        count = tl.load(cnt_ptr + s * s_cs + offs_e * s_cc, mask=mask_e, other=0.0).to(ACC)
+    else:
+        count = tl.load(cnt_ptr + s * s_cs + offs_e * 0).to(ACC)  # one count, broadcast
+    if HAS_DECAY:
+        g = tl.load(gamma_ptr + offs_e, mask=mask_e, other=0.0).to(ACC)
+        total = g * total
+        count = g * count
+    total = total + chunk
+    count = count + M
+    tl.store(ntot_ptr + s * s_ns + offs_e * s_ne, total, mask=mask_e)
+    if PER_CHANNEL:
+        tl.store(ncnt_ptr + s * s_nc + offs_e * s_ncc, count, mask=mask_e)
+    else:
+        tl.store(ncnt_ptr + s * s_nc + offs_e * 0, count, mask=mask_e & (offs_e == 0))
+    hbar = total / tl.maximum(count, 1.0)
+    tl.store(hbar_ptr + s * s_bs + offs_e * s_be, hbar.to(hbar_ptr.dtype.element_ty), mask=mask_e)
+
+
+def state_update(hc: Tensor, coeff: Tensor, total: Tensor, count: Tensor,
+                 gamma: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Same contract as ``naive.state_update``."""
+    S, M, E = hc.shape
+    if total.shape != (S, E) or count.shape not in ((S, 1), (S, E)):
+        raise ValueError(f"state ({tuple(total.shape)}, {tuple(count.shape)}) does not fit "
+                         f"a chunk of shape {tuple(hc.shape)}")
+    if count.shape[1] == 1 and gamma is not None:
+        raise ValueError("a decayed state needs one count per channel")
+    acc = torch.promote_types(total.dtype, hc.dtype)
+    if acc not in _TL:
+        raise TypeError(f"states accumulate in float32 or float64, not {acc}")
+    coeff = coeff.to(acc).contiguous()
+    gamma = gamma.to(acc).contiguous() if gamma is not None else coeff.new_empty(0)
+    new_total = new_output((S, E), acc, hc.device)
+    new_count = new_output(tuple(count.shape), acc, hc.device)
+    hbar = new_output((S, E), hc.dtype, hc.device)
+    be = block_e(E)
+    _update[(S, triton.cdiv(E, be))](
+        hc, coeff, total, count, gamma, new_total, new_count, hbar, M, E,
+        *hc.stride(), coeff.stride(0), *total.stride(), *count.stride(), *new_total.stride(),
+        *new_count.stride(), *hbar.stride(),
+        PER_CHANNEL=count.shape[1] != 1, HAS_DECAY=gamma.numel() > 0, DEGREE=coeff.shape[1],
+        ACC=_TL[acc], BLOCK_N=block_n(M), BLOCK_E=be)
+    return hbar, new_total, new_count

@@ -1,0 +1,126 @@
+"""The network pass of one frame for a batch of sessions, made fast on a GPU.
+
+:class:`FrameStep` wraps :meth:`VideoDiT.step` (the same inputs, the same outputs). On
+CUDA it captures the step in CUDA graphs, one per *batch bucket* (1, 2, 4, ... sessions):
+a call pads its batch up to the next bucket, copies the inputs into the graph's static
+buffers, replays, and returns copies of the real rows. At one frame of 1,024 tokens a
+DiT-XL-sized step is hundreds of small kernels; replaying them as one graph removes the
+launch cost that dominates eager PyTorch there. The PoM operators inside run the Triton
+kernels (``kernels/``) when they are enabled, so the graph holds the fused aggregation,
+state update and selection. Optionally each block is ``torch.compile``-d before capture.
+
+Padding rows are zero inputs with empty states; rows never mix in the network, so the
+real rows are unaffected (the tests check padded = unpadded on CPU, where the same padding
+path runs without graphs). Batches above the largest bucket run eagerly.
+
+On CPU (or with ``graphs=False``) a call is just ``model.step``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import Tensor
+
+from .dit import VideoDiT
+from .pom import PoMState
+
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class _Graph:
+    """One captured step for a fixed batch size: static inputs, outputs and the graph."""
+
+    def __init__(self, model: VideoDiT, batch: int, like: tuple[Tensor, Tensor, Tensor,
+                                                                  list[PoMState]], warmup: int):
+        x, t, cond, states = like
+        self.x = x.new_zeros((batch, *x.shape[1:]))
+        self.t = t.new_zeros((batch,))
+        self.cond = cond.new_zeros((batch, *cond.shape[1:]))
+        self.states = [PoMState(s.total.new_zeros((batch, *s.total.shape[1:])),
+                                s.count.new_zeros((batch, *s.count.shape[1:]))) for s in states]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm up (autotuning, lazy init) outside the graph
+            for _ in range(warmup):
+                model.step(self.x, self.t, self.cond, self.states)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.v, self.new_states = model.step(self.x, self.t, self.cond, self.states)
+
+    def __call__(self, x, t, cond, states):
+        n = x.shape[0]
+        for dst, src in ((self.x, x), (self.t, t), (self.cond, cond)):
+            dst[:n].copy_(src)
+            dst[n:].zero_()
+        for dst, src in zip(self.states, states, strict=True):
+            for d, s in ((dst.total, src.total), (dst.count, src.count)):
+                d[:n].copy_(s)
+                d[n:].zero_()
+        self.graph.replay()
+        return (self.v[:n].clone(),
+                [PoMState(s.total[:n].clone(), s.count[:n].clone()) for s in self.new_states])
+
+
+class FrameStep:
+    """``model.step`` for a batch of sessions, through CUDA graphs per batch bucket.
+
+    Args:
+        model: the network (its parameters fix device and dtype).
+        graphs: capture CUDA graphs; default: when the model is on CUDA.
+        buckets: batch sizes that get a graph; a batch pads up to the next one.
+        compile: ``torch.compile`` each block before capture (slower start, fewer kernels).
+        pad: pad to buckets even without graphs (how the CPU tests check the padding).
+    """
+
+    def __init__(self, model: VideoDiT, graphs: bool | None = None,
+                 buckets: tuple[int, ...] = DEFAULT_BUCKETS, compile: bool = False,
+                 pad: bool = False, warmup: int = 2):
+        self.model = model
+        device = next(model.parameters()).device
+        self.graphs = device.type == "cuda" if graphs is None else graphs
+        if self.graphs and device.type != "cuda":
+            raise ValueError("CUDA graphs need the model on a CUDA device")
+        if not buckets or sorted(set(buckets)) != list(buckets) or buckets[0] < 1:
+            raise ValueError(f"buckets must be increasing positive sizes, got {buckets}")
+        self.buckets, self.pad, self.warmup = tuple(buckets), pad, warmup
+        self._captured: dict[tuple, _Graph] = {}
+        self._lock = threading.Lock()
+        if compile:
+            for i, blk in enumerate(model.blocks):
+                model.blocks[i] = torch.compile(blk, dynamic=False)
+
+    def bucket(self, n: int) -> int | None:
+        return next((b for b in self.buckets if b >= n), None)
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor, states: list[PoMState]
+                 ) -> tuple[Tensor, list[PoMState]]:
+        n = x.shape[0]
+        size = self.bucket(n)
+        if size is None or not (self.graphs or self.pad):
+            return self.model.step(x, t, cond, states)
+        if not self.graphs:
+            return self._padded(x, t, cond, states, size)
+        key = (size, x.dtype, t.dtype, cond.dtype, tuple(s.total.dtype for s in states))
+        with self._lock:
+            graph = self._captured.get(key)
+            if graph is None:
+                graph = _Graph(self.model, size, (x, t, cond, states), self.warmup)
+                self._captured[key] = graph
+            return graph(x, t, cond, states)
+
+    def _padded(self, x, t, cond, states, size):
+        def pad(a: Tensor) -> Tensor:
+            return torch.cat([a, a.new_zeros((size - a.shape[0], *a.shape[1:]))])
+
+        v, new = self.model.step(pad(x), pad(t), pad(cond),
+                                 [PoMState(pad(s.total), pad(s.count)) for s in states])
+        n = x.shape[0]
+        return v[:n], [PoMState(s.total[:n], s.count[:n]) for s in new]
+
+    @property
+    def captured(self) -> list[int]:
+        """Batch sizes with a captured graph."""
+        return sorted({k[0] for k in self._captured})
