@@ -144,6 +144,7 @@ _SERVER_OPTIONS = {  # flag -> (Settings field, type, help); unset flags keep en
     "--prefix": ("redis_prefix", str, "Redis key prefix"),
     "--model": ("model", str, "'demo' (bundled), a .safetensors file or a registry size"),
     "--device": ("device", str, "torch device for the worker"),
+    "--dtype": ("dtype", str, "weights' dtype: auto (bfloat16 on CUDA), float32, bfloat16"),
     "--threads": ("threads", int, "torch CPU threads (0: torch's default)"),
     "--steps": ("steps", int, "sampling steps per frame"),
     "--storage-dir": ("storage_dir", str, "directory for finished videos"),

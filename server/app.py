@@ -76,7 +76,11 @@ def build_worker(settings: Settings, queue: JobQueue, storage: LocalStorage) -> 
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    generator = StreamGenerator(load_model(settings.model, device=settings.device))
+    dtype = settings.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.device(settings.device).type == "cuda" else "float32"
+    model = load_model(settings.model, device=settings.device, dtype=getattr(torch, dtype))
+    generator = StreamGenerator(model, graphs=settings.cuda_graphs and model.pos.is_cuda)
     return Worker(queue, generator, storage, worker_id=settings.worker_id,
                   max_sessions=settings.max_sessions, snapshot_every=settings.snapshot_every,
                   qp=settings.encoder_qp, encode_threads=settings.encode_threads,

@@ -20,7 +20,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # the model and how it samples
     model: str = "demo"
     device: str = "cpu"
+    # weights' dtype: auto = bfloat16 on CUDA, float32 elsewhere (states stay float32)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    cuda_graphs: bool = True  # on CUDA: the frame step replays CUDA graphs per batch size
     threads: int = Field(0, ge=0)  # torch CPU threads, 0 = torch's default
     steps: int | None = Field(None, ge=1, le=1000)  # None: the model card's default
     sampler: str | None = None

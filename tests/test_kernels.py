@@ -107,7 +107,8 @@ def test_causal_mean(kernels_on, device, n):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("sessions,tokens,decay", [(5, 3, True), (37, 1, True), (3, 70, False)])
+@pytest.mark.parametrize("sessions,tokens,decay", [(5, 3, True), (37, 1, True), (3, 70, False),
+                                                   (2, 600, True), (1, 1030, False)])
 def test_state_update(kernels_on, device, sessions, tokens, decay):
     E = 21
     for dtype in dtypes(device):

@@ -157,7 +157,7 @@ def default_split(batch: int, tokens: int, width: int) -> int:
     return max(256, triton.cdiv(tokens, want))
 
 
-def _group_sums(hc: Tensor, coeff: Tensor, weights: Tensor | None, size: int) -> Tensor:
+def group_sums(hc: Tensor, coeff: Tensor, weights: Tensor | None, size: int) -> Tensor:
     """(B, cdiv(N, size), eD): sums of (weighted) P over consecutive runs of ``size`` tokens
     (the last run may be shorter), or P itself when ``size`` is 1."""
     B, N, E = hc.shape
@@ -189,10 +189,10 @@ def feature_sums(hc: Tensor, coeff: Tensor, group: int | None = None,
     _check(hc, coeff, weights)
     B, N, E = hc.shape
     if group is None:
-        return _group_sums(hc, coeff, weights, split or default_split(B, N, E)).sum(1, keepdim=True)
+        return group_sums(hc, coeff, weights, split or default_split(B, N, E)).sum(1, keepdim=True)
     if group < 1 or N % group:
         raise ValueError(f"group={group} must divide the {N} tokens")
-    return _group_sums(hc, coeff, weights, group)
+    return group_sums(hc, coeff, weights, group)
 
 
 def feature_sums_backward(hc: Tensor, coeff: Tensor, grad: Tensor, group: int,
@@ -227,7 +227,7 @@ def causal_mean(hc: Tensor, coeff: Tensor, chunk: int = 64) -> Tensor:
     B, N, E = hc.shape
     acc = acc_dtype(hc.dtype)
     chunk = min(chunk, triton.next_power_of_2(N))
-    per_chunk = _group_sums(hc, coeff, None, chunk)  # (B, n_chunks, eD)
+    per_chunk = group_sums(hc, coeff, None, chunk)  # (B, n_chunks, eD)
     prefix = F.pad(per_chunk.cumsum(1)[:, :-1], (0, 0, 1, 0))  # exclusive prefix over chunks
     coeff_acc = coeff.to(acc).contiguous()
     be = block_e(E)

@@ -21,11 +21,10 @@ def select(hs: Tensor, bias: Tensor, hbar: Tensor, rows: int) -> Tensor:
         raise ValueError(f"{H} selection heads must divide {E} state channels")
     s = F.hardsigmoid(hs + bias.to(hs.dtype))  # (B, T, H)
     hb = hbar.to(hs.dtype)
-    if rows > 1:
-        hb = hb.repeat_interleave(rows, 1)
-    hb = hb[:, :T]
-    if hb.shape[1] == 1 and T > 1:
+    if hb.shape[1] == 1:  # one state row for every query: a view, not a copy
         hb = hb.expand(-1, T, -1)
+    else:
+        hb = (hb.repeat_interleave(rows, 1) if rows > 1 else hb)[:, :T]
     if H == E:
         return s * hb
     return (s[..., None] * hb.unflatten(-1, (H, E // H))).flatten(-2)

@@ -15,15 +15,17 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.dispatch import new_output
+from kernels.pom.aggregate.kernel import group_sums
 from kernels.pom.common import activation, block_e, block_n, poly
 
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
 @triton.jit
-def _update(hc_ptr, coeff_ptr, tot_ptr, cnt_ptr, gamma_ptr, ntot_ptr, ncnt_ptr, hbar_ptr, M, E,
+def _update(hc_ptr, coeff_ptr, tot_ptr, cnt_ptr, gamma_ptr, ntot_ptr, ncnt_ptr, hbar_ptr, M, ADD, E,
             s_hs, s_hm, s_he, s_ce, s_ts, s_te, s_cs, s_cc, s_ns, s_ne, s_nc, s_ncc, s_bs, s_be,
-            PER_CHANNEL: tl.constexpr, HAS_DECAY: tl.constexpr, DEGREE: tl.constexpr,
+            PER_CHANNEL: tl.constexpr, HAS_DECAY: tl.constexpr, SUMMED: tl.constexpr,
+            DEGREE: tl.constexpr,
             ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
     s, eb = tl.program_id(0), tl.program_id(1)
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -34,8 +36,12 @@ def _update(hc_ptr, coeff_ptr, tot_ptr, cnt_ptr, gamma_ptr, ntot_ptr, ncnt_ptr, 
         m2 = (offs_n < M)[:, None] & mask_e[None, :]
         h = tl.load(hc_ptr + s * s_hs + offs_n[:, None] * s_hm + offs_e[None, :] * s_he,
                     mask=m2, other=0.0).to(ACC)
-        a, _ = activation(h)
-        chunk += tl.sum(tl.where(m2, poly(a, coeff_ptr, offs_e, mask_e, s_ce, DEGREE, ACC), 0.0), 0)
+        if SUMMED:  # hc holds the chunk's feature sums already (long chunks, few sequences)
+            chunk += tl.sum(h, 0)
+        else:
+            a, _ = activation(h)
+            p = poly(a, coeff_ptr, offs_e, mask_e, s_ce, DEGREE, ACC)
+            chunk += tl.sum(tl.where(m2, p, 0.0), 0)
     total = tl.load(tot_ptr + s * s_ts + offs_e * s_te, mask=mask_e, other=0.0).to(ACC)
     if PER_CHANNEL:
         count = tl.load(cnt_ptr + s * s_cs + offs_e * s_cc, mask=mask_e, other=0.0).to(ACC)
@@ -46,7 +52,7 @@ def _update(hc_ptr, coeff_ptr, tot_ptr, cnt_ptr, gamma_ptr, ntot_ptr, ncnt_ptr, 
         total = g * total
         count = g * count
     total = total + chunk
-    count = count + M
+    count = count + ADD
     tl.store(ntot_ptr + s * s_ns + offs_e * s_ne, total, mask=mask_e)
     if PER_CHANNEL:
         tl.store(ncnt_ptr + s * s_nc + offs_e * s_ncc, count, mask=mask_e)
@@ -57,8 +63,11 @@ def _update(hc_ptr, coeff_ptr, tot_ptr, cnt_ptr, gamma_ptr, ntot_ptr, ncnt_ptr, 
 
 
 def state_update(hc: Tensor, coeff: Tensor, total: Tensor, count: Tensor,
-                 gamma: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Same contract as ``naive.state_update``."""
+                 gamma: Tensor | None = None, min_programs: int = 128
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """Same contract as ``naive.state_update``. With fewer than ``min_programs`` programs
+    and long chunks, the chunk is first summed by the aggregation kernel (split over
+    tokens), then folded in."""
     S, M, E = hc.shape
     if total.shape != (S, E) or count.shape not in ((S, 1), (S, E)):
         raise ValueError(f"state ({tuple(total.shape)}, {tuple(count.shape)}) does not fit "
@@ -70,14 +79,19 @@ def state_update(hc: Tensor, coeff: Tensor, total: Tensor, count: Tensor,
         raise TypeError(f"states accumulate in float32 or float64, not {acc}")
     coeff = coeff.to(acc).contiguous()
     gamma = gamma.to(acc).contiguous() if gamma is not None else coeff.new_empty(0)
+    be = block_e(E)
+    rows, summed = hc, False
+    if S * triton.cdiv(E, be) < min_programs and M >= 2 * 256:
+        # few sequences with long chunks (one session, global state, 1,024 tokens): one
+        # program per channel tile would walk the chunk alone; sum it over many first
+        rows, summed = group_sums(hc, coeff, None, 256).sum(1, keepdim=True), True
     new_total = new_output((S, E), acc, hc.device)
     new_count = new_output(tuple(count.shape), acc, hc.device)
     hbar = new_output((S, E), hc.dtype, hc.device)
-    be = block_e(E)
     _update[(S, triton.cdiv(E, be))](
-        hc, coeff, total, count, gamma, new_total, new_count, hbar, M, E,
-        *hc.stride(), coeff.stride(0), *total.stride(), *count.stride(), *new_total.stride(),
+        rows, coeff, total, count, gamma, new_total, new_count, hbar, rows.shape[1], M, E,
+        *rows.stride(), coeff.stride(0), *total.stride(), *count.stride(), *new_total.stride(),
         *new_count.stride(), *hbar.stride(),
-        PER_CHANNEL=count.shape[1] != 1, HAS_DECAY=gamma.numel() > 0, DEGREE=coeff.shape[1],
-        ACC=_TL[acc], BLOCK_N=block_n(M), BLOCK_E=be)
+        PER_CHANNEL=count.shape[1] != 1, HAS_DECAY=gamma.numel() > 0, SUMMED=summed,
+        DEGREE=coeff.shape[1], ACC=_TL[acc], BLOCK_N=block_n(rows.shape[1]), BLOCK_E=be)
     return hbar, new_total, new_count
