@@ -37,7 +37,8 @@ def _sums_fwd(hc_ptr, coeff_ptr, w_ptr, out_ptr, N, E, GROUP,
               s_hb, s_hn, s_he, s_ce, s_wb, s_wn, s_ob, s_og, s_oe,
               HAS_W: tl.constexpr, DEGREE: tl.constexpr, ACC: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
-    b, g, eb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # 64-bit batch offsets: b * stride passes 2**31 elements at 8 x 128K tokens x 2,304
+    b, g, eb = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_e = offs_e < E
     start = g * GROUP
@@ -64,7 +65,8 @@ def _features_fwd(hc_ptr, coeff_ptr, w_ptr, out_ptr, N, E,
                   HAS_W: tl.constexpr, DEGREE: tl.constexpr, ACC: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
     """Groups of one token: P itself (weighted)."""
-    b, nb, eb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # 64-bit batch offsets: b * stride passes 2**31 elements at 8 x 128K tokens x 2,304
+    b, nb, eb = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_n, mask_e = offs_n < N, offs_e < E
@@ -84,7 +86,8 @@ def _causal_fwd(hc_ptr, coeff_ptr, prefix_ptr, out_ptr, N, E,
                 DEGREE: tl.constexpr, ACC: tl.constexpr,
                 CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
     """Row t = (sum of P over earlier chunks + scan inside this chunk) / (t + 1)."""
-    b, c, eb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # 64-bit batch offsets: b * stride passes 2**31 elements at 8 x 128K tokens x 2,304
+    b, c, eb = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     offs_n = c * CHUNK + tl.arange(0, CHUNK)
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_n, mask_e = offs_n < N, offs_e < E
@@ -106,7 +109,8 @@ def _sums_bwd(hc_ptr, coeff_ptr, w_ptr, g_ptr, dh_ptr, dc_ptr, N, E, GROUP, TILE
               HAS_W: tl.constexpr, DEGREE: tl.constexpr, DEGREE_P2: tl.constexpr,
               ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
     """dhc = G[n // GROUP] * w_n * dP/dhc; partial dcoeff of this tile of TILE tokens."""
-    b, t, eb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # 64-bit batch offsets: b * stride passes 2**31 elements at 8 x 128K tokens x 2,304
+    b, t, eb = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_e = offs_e < E
     cols = tl.arange(0, DEGREE_P2)

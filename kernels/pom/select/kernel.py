@@ -20,7 +20,8 @@ from kernels.pom.common import block_e, block_n
 def _select(hs_ptr, bias_ptr, hbar_ptr, out_ptr, T, E, ROWS, HEAD_W,
             s_sb, s_st, s_sh, s_hb, s_hr, s_he, s_ob, s_ot, s_oe,
             ACC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
-    b, tb, eb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # 64-bit batch offsets: b * stride passes 2**31 elements at 8 x 128K tokens x 2,304
+    b, tb, eb = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
     m2 = (offs_t < T)[:, None] & (offs_e < E)[None, :]

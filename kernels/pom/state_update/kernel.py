@@ -27,7 +27,7 @@ def _update(hc_ptr, coeff_ptr, tot_ptr, cnt_ptr, gamma_ptr, ntot_ptr, ncnt_ptr, 
             PER_CHANNEL: tl.constexpr, HAS_DECAY: tl.constexpr, SUMMED: tl.constexpr,
             DEGREE: tl.constexpr,
             ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
-    s, eb = tl.program_id(0), tl.program_id(1)
+    s, eb = tl.program_id(0).to(tl.int64), tl.program_id(1)  # 64-bit: s * stride may pass 2**31
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_e = offs_e < E
     chunk = tl.zeros((BLOCK_E,), ACC)
