@@ -27,7 +27,8 @@ def test_context_use_reports_losses_per_frame():
 
     losses = context_losses(randomized_model().float(), clips=2, frames=4, levels=(0.9,))
     row = losses["t=0.9"]
-    assert set(row) == {"frame_0", "frame_1", "frame_2", "frame_3", "frame_3_shuffled_past"}
+    assert set(row) == {"frame_0", "frame_1", "frame_2", "frame_3", "frame_3_shuffled_past",
+                        "frame_0_other_prompt", "frame_0_empty_prompt"}
     assert all(v > 0 for v in row.values())
 
 
