@@ -50,3 +50,15 @@ def block_e(width: int) -> int:
 def block_n(tokens: int) -> int:
     """Token tile for a group of ``tokens`` tokens: 64 rows (fewer for short groups)."""
     return min(64, triton.next_power_of_2(max(tokens, 1)))
+
+
+@triton.jit
+def tile_features(hc_ptr, base, offs_n, offs_e, mask_n, mask_e, s_hn, s_he, coeff_ptr, s_ce,
+                  DEGREE: tl.constexpr, ACC: tl.constexpr):
+    """(P, mask) of one tile: the features of rows ``offs_n`` and channels ``offs_e`` of hc
+    (``base`` = the sequence's offset), in the accumulation dtype, zero outside the mask."""
+    m2 = mask_n[:, None] & mask_e[None, :]
+    h = tl.load(hc_ptr + base + offs_n[:, None] * s_hn + offs_e[None, :] * s_he,
+                mask=m2, other=0.0).to(ACC)
+    a, _ = activation(h)
+    return tl.where(m2, poly(a, coeff_ptr, offs_e, mask_e, s_ce, DEGREE, ACC), 0.0), m2

@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.dispatch import new_output
-from kernels.pom.common import activation, block_e, block_n, poly, poly_grad
+from kernels.pom.common import activation, block_e, block_n, poly_grad, tile_features
 
 from .naive import acc_dtype
 
@@ -47,15 +47,12 @@ def _sums_fwd(hc_ptr, coeff_ptr, w_ptr, out_ptr, N, E, GROUP,
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < end
-        m2 = mask_n[:, None] & mask_e[None, :]
-        h = tl.load(hc_ptr + b * s_hb + offs_n[:, None] * s_hn + offs_e[None, :] * s_he,
-                    mask=m2, other=0.0).to(ACC)
-        a, _ = activation(h)
-        p = poly(a, coeff_ptr, offs_e, mask_e, s_ce, DEGREE, ACC)
+        p, _ = tile_features(hc_ptr, b * s_hb, offs_n, offs_e, mask_n, mask_e, s_hn, s_he,
+                             coeff_ptr, s_ce, DEGREE, ACC)
         if HAS_W:
             w = tl.load(w_ptr + b * s_wb + offs_n * s_wn, mask=mask_n, other=0.0).to(ACC)
             p = p * w[:, None]
-        acc += tl.sum(tl.where(m2, p, 0.0), 0)
+        acc += tl.sum(p, 0)
     tl.store(out_ptr + b * s_ob + g * s_og + offs_e * s_oe, acc, mask=mask_e)
 
 
@@ -70,11 +67,8 @@ def _features_fwd(hc_ptr, coeff_ptr, w_ptr, out_ptr, N, E,
     offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_n, mask_e = offs_n < N, offs_e < E
-    m2 = mask_n[:, None] & mask_e[None, :]
-    h = tl.load(hc_ptr + b * s_hb + offs_n[:, None] * s_hn + offs_e[None, :] * s_he,
-                mask=m2, other=0.0).to(ACC)
-    a, _ = activation(h)
-    p = poly(a, coeff_ptr, offs_e, mask_e, s_ce, DEGREE, ACC)
+    p, m2 = tile_features(hc_ptr, b * s_hb, offs_n, offs_e, mask_n, mask_e, s_hn, s_he,
+                          coeff_ptr, s_ce, DEGREE, ACC)
     if HAS_W:
         p = p * tl.load(w_ptr + b * s_wb + offs_n * s_wn, mask=mask_n, other=0.0).to(ACC)[:, None]
     tl.store(out_ptr + b * s_ob + offs_n[:, None] * s_on + offs_e[None, :] * s_oe, p, mask=m2)
@@ -91,11 +85,8 @@ def _causal_fwd(hc_ptr, coeff_ptr, prefix_ptr, out_ptr, N, E,
     offs_n = c * CHUNK + tl.arange(0, CHUNK)
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_n, mask_e = offs_n < N, offs_e < E
-    m2 = mask_n[:, None] & mask_e[None, :]
-    h = tl.load(hc_ptr + b * s_hb + offs_n[:, None] * s_hn + offs_e[None, :] * s_he,
-                mask=m2, other=0.0).to(ACC)
-    a, _ = activation(h)
-    p = tl.where(m2, poly(a, coeff_ptr, offs_e, mask_e, s_ce, DEGREE, ACC), 0.0)
+    p, m2 = tile_features(hc_ptr, b * s_hb, offs_n, offs_e, mask_n, mask_e, s_hn, s_he,
+                          coeff_ptr, s_ce, DEGREE, ACC)
     before = tl.load(prefix_ptr + b * s_pb + c * s_pc + offs_e * s_pe, mask=mask_e, other=0.0)
     run = tl.cumsum(p, 0) + before.to(ACC)[None, :]
     out = run / (offs_n + 1).to(ACC)[:, None]

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from kernels.dispatch import new_output
 from kernels.pom.aggregate.kernel import group_sums
-from kernels.pom.common import activation, block_e, block_n, poly
+from kernels.pom.common import block_e, block_n, tile_features
 
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
 
@@ -33,15 +33,14 @@ def _update(hc_ptr, coeff_ptr, tot_ptr, cnt_ptr, gamma_ptr, ntot_ptr, ncnt_ptr, 
     chunk = tl.zeros((BLOCK_E,), ACC)
     for n0 in range(0, M, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        m2 = (offs_n < M)[:, None] & mask_e[None, :]
-        h = tl.load(hc_ptr + s * s_hs + offs_n[:, None] * s_hm + offs_e[None, :] * s_he,
-                    mask=m2, other=0.0).to(ACC)
         if SUMMED:  # hc holds the chunk's feature sums already (long chunks, few sequences)
-            chunk += tl.sum(h, 0)
+            m2 = (offs_n < M)[:, None] & mask_e[None, :]
+            chunk += tl.sum(tl.load(hc_ptr + s * s_hs + offs_n[:, None] * s_hm
+                                    + offs_e[None, :] * s_he, mask=m2, other=0.0).to(ACC), 0)
         else:
-            a, _ = activation(h)
-            p = poly(a, coeff_ptr, offs_e, mask_e, s_ce, DEGREE, ACC)
-            chunk += tl.sum(tl.where(m2, p, 0.0), 0)
+            p, _ = tile_features(hc_ptr, s * s_hs, offs_n, offs_e, offs_n < M, mask_e, s_hm,
+                                 s_he, coeff_ptr, s_ce, DEGREE, ACC)
+            chunk += tl.sum(p, 0)
     total = tl.load(tot_ptr + s * s_ts + offs_e * s_te, mask=mask_e, other=0.0).to(ACC)
     if PER_CHANNEL:
         count = tl.load(cnt_ptr + s * s_cs + offs_e * s_cc, mask=mask_e, other=0.0).to(ACC)
