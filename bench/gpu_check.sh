@@ -3,10 +3,13 @@
 #   1. the kernel and frame-step tests on CUDA (tests/test_kernels.py, test_frame_step.py);
 #   2. `python -m bench.kernels` (layer, context, frame step, streaming, training) -> JSON.
 # Runs with the GPU machine's own python3 (torch + triton; nothing else needed).
-#   bash bench/gpu_check.sh                      # the full benchmark
-#   bash bench/gpu_check.sh --tokens 1024 16384 65536 --stream-frames 1000 100
-# Extra arguments go to bench.kernels. Exit status: the tests' (the benchmark records
-# failures of single variants in its JSON instead of stopping).
+#   bash bench/gpu_check.sh --sections layer context            # one device call
+#   bash bench/gpu_check.sh --sections frame_step streaming train  # another
+# Extra arguments go to bench.kernels after a sweep sized for a short device budget (the
+# compile column only at 1K and 64K tokens, batch 1: each torch.compile of a row takes
+# tens of seconds, so bench.kernels' own full sweep needs far longer).
+# The JSON is rewritten after every section, so a run cut short keeps what it measured.
+# Exit status: the tests' (single failed variants are recorded in the JSON instead).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -17,5 +20,9 @@ python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_frame_
   2>&1 | tee "$OUT/gpu-tests.txt"
 status=${PIPESTATUS[0]}
 card=$(python3 -c 'import torch; print(torch.cuda.get_device_name().split()[1].lower())')
-python3 -m bench.kernels --json "$OUT/kernels-$card.json" "$@" 2>&1 | tee "$OUT/kernels-$card.log"
+# the sweep for a short device budget; arguments given here come after it and win
+args=(--tokens 1024 4096 16384 65536 131072 --compile-batches 1 --compile-tokens 1024 65536
+      --stream-frames 1000 100 --reps 10 "$@")
+python3 -m bench.kernels --json "$OUT/kernels-$card.json" "${args[@]}" 2>&1 \
+  | tee "$OUT/kernels-$card.log"
 exit "$status"

@@ -64,11 +64,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: int) -> float:
-    """Median milliseconds of ``fn`` (after ``warmup`` calls)."""
+def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: int,
+            budget_s: float | None = None) -> float:
+    """Median milliseconds of ``fn`` (after ``warmup`` calls); with ``budget_s``, fewer
+    repeats (at least 3) when ``reps`` of them would take longer than that."""
     for _ in range(warmup):
         fn()
     sync(device)
+    if budget_s is not None:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        one = time.perf_counter() - t0
+        reps = max(3, min(reps, int(budget_s / max(one, 1e-9))))
     times = []
     for _ in range(reps):
         if device.type == "cuda":
@@ -121,7 +129,8 @@ class Bench:
         self.peak_flops, self.peak_bw = args.peak_tflops * 1e12, args.peak_tbps * 1e12
 
     def t(self, fn):
-        return time_ms(fn, self.device, self.args.reps, self.args.warmup)
+        return time_ms(fn, self.device, self.args.reps, self.args.warmup,
+                       self.args.seconds_per_variant)
 
     def skip_reason(self, what: str) -> str | None:
         if what == "kernels" and not self.kernels_ok:
@@ -137,7 +146,6 @@ class Bench:
         with torch.no_grad():
             pom.po_coeff.normal_(0, 0.1)
         attn = Attention(D, a.heads).to(self.device, self.dtype)
-        compiled: dict[str, Callable] = {}
         rows, table = [], Table()
         for batch in a.batches:
             for n in a.tokens:
@@ -145,13 +153,12 @@ class Bench:
                     continue
                 x = torch.randn(batch, n, D, device=self.device, dtype=self.dtype)
                 for mode in ("global", "frame_causal", "padding"):
-                    row = self._layer_row(pom, attn, compiled, x, mode)
+                    row = self._layer_row(pom, attn, x, mode)
                     rows.append(row)
                     table.add(row)
         return rows
 
-    def _layer_row(self, pom: PoM, attn: Attention, compiled: dict, x: torch.Tensor,
-                   mode: str) -> dict:
+    def _layer_row(self, pom: PoM, attn: Attention, x: torch.Tensor, mode: str) -> dict:
         batch, n, D = x.shape
         kw: dict = {"mask": None}
         if mode == "frame_causal":
@@ -166,12 +173,15 @@ class Bench:
             p.numel() * p.element_size() for p in pom.parameters())
         row["floor_fwd_ms"] = round(1e3 * (flops / self.peak_flops + bytes_ / self.peak_bw), 4)
         row["floor_fwd_bwd_ms"] = round(3 * row["floor_fwd_ms"], 4)
-        if self.compile_ok and mode not in compiled:
-            compiled[mode] = torch.compile(functools.partial(pom, **kw), dynamic=False)
+        compile_reason = self.skip_reason("compile") or (
+            None if batch in self.args.compile_batches and (
+                not self.args.compile_tokens or n in self.args.compile_tokens)
+            else "skipped: --compile-batches / --compile-tokens")
         variants = {
             "kernels": ("triton", functools.partial(pom, **kw), self.skip_reason("kernels")),
             "reference": ("reference", functools.partial(pom, **kw), None),
-            "compiled": ("reference", compiled.get(mode), self.skip_reason("compile")),
+            "compiled": ("reference", None if compile_reason else compiled_layer(pom, kw),
+                         compile_reason),
             "attention": ("reference", functools.partial(attn, causal=mode == "frame_causal"),
                           "n/a" if mode == "padding" else None),
         }
@@ -217,14 +227,14 @@ class Bench:
                 row[f"pom_{name}_ms"] = attempt(lambda: self.t(
                     functools.partial(pom.state_forward, x, state)))
         row["pom_state_bytes"] = (pom.inner + 1) * 4
-        kv_bytes = 2 * f * L * D * x.element_size()
+        kv_bytes = 2 * f * L * D * x.element_size()  # what earlier frames leave behind
         row["attention_kv_bytes"] = kv_bytes
         if kv_bytes > self.args.max_kv_gib * 2**30:
             row["attention_ms"] = f"skipped: KV cache over --max-kv-gib {self.args.max_kv_gib}"
             return row
-        kv = torch.randn(2, 1, f * L, D, device=self.device, dtype=self.dtype)
+        kv = torch.randn(2, 1, (f + 1) * L, D, device=self.device, dtype=self.dtype)
         row["attention_ms"] = attempt(lambda: self.t(
-            functools.partial(attn.with_cache, x, kv[0], kv[1])))
+            functools.partial(attn.with_cache, x, kv[0], kv[1], f * L)))
         return row
 
     # -- frame step ------------------------------------------------------------------------
@@ -347,6 +357,17 @@ class Bench:
                 "tokens": n_frames * L, "batch": a.train_batch, "ms_per_step": ms}
 
 
+def compiled_layer(pom: PoM, kw: dict) -> Callable:
+    """``torch.compile`` of the layer's plain PyTorch form for one shape and mask: a fresh
+    compile per row (caches reset), the mask an argument rather than a constant."""
+    torch._dynamo.reset()
+    mask = kw.get("mask")
+    if isinstance(mask, torch.Tensor):
+        fn = torch.compile(lambda xi, m: pom(xi, mask=m), dynamic=False)
+        return lambda xi: fn(xi, mask)
+    return torch.compile(functools.partial(pom, **kw), dynamic=False)
+
+
 def run_layer(fn: Callable, x: torch.Tensor, backward: bool) -> None:
     """One forward (and backward) of a mixer on x."""
     xi = x.detach().requires_grad_(backward)
@@ -374,12 +395,15 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return self.proj(y.transpose(1, 2).flatten(2))
 
-    def with_cache(self, x, k_cache, v_cache):
-        """One new frame against cached keys/values of earlier frames (B, M, D) each."""
+    def with_cache(self, x, k_cache, v_cache, filled: int):
+        """One new frame against the keys/values of earlier frames: the caches (B, M, D) hold
+        ``filled`` tokens and room for this frame's, written in place (no copy)."""
         q, k, v = self.qkv(x).chunk(3, -1)
-        k = torch.cat([k_cache, k], 1)
-        v = torch.cat([v_cache, v], 1)
-        y = F.scaled_dot_product_attention(self._split(q), self._split(k), self._split(v))
+        end = filled + x.shape[1]
+        k_cache[:, filled:end] = k
+        v_cache[:, filled:end] = v
+        y = F.scaled_dot_product_attention(self._split(q), self._split(k_cache[:, :end]),
+                                           self._split(v_cache[:, :end]))
         return self.proj(y.transpose(1, 2).flatten(2))
 
 
@@ -470,7 +494,8 @@ def parse_overrides(items: list[str]) -> dict:
 QUICK = dict(dim=64, heads=4, tokens=[256, 512], batches=[1, 2], frame_tokens=64,
              context_frames=[0, 4, 16], model="pom-dit-tiny", sessions=[1, 2],
              stream_counts=[1, 2], stream_frames=[20, 20], train_depth=2, train_frames=4,
-             train_batch=1, reps=3, warmup=1, dtype="float32", device="cpu")
+             train_batch=1, reps=3, warmup=1, dtype="float32", device="cpu",
+             compile_batches=[1, 2])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -499,6 +524,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-frames", type=int, default=16)
     p.add_argument("--train-batch", type=int, default=1)
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--seconds-per-variant", type=float, default=1.0,
+                   help="fewer repeats (at least 3) for variants slower than this in total")
+    p.add_argument("--compile-batches", type=int, nargs="+", default=[1, 8],
+                   help="batch sizes that get the torch.compile column of the layer")
+    p.add_argument("--compile-tokens", type=int, nargs="*", default=[],
+                   help="token counts that get it (default: all); each row compiles anew")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--peak-tflops", type=float, default=790.0)
     p.add_argument("--peak-tbps", type=float, default=4.3)
@@ -526,10 +557,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sections:
         print(f"== {name}")
         t0 = time.perf_counter()
-        out["sections"][name] = getattr(bench, name)()
+        try:
+            out["sections"][name] = getattr(bench, name)()
+        except Exception as exc:  # noqa: BLE001 - keep the other sections' numbers
+            traceback.print_exc()
+            out["sections"][name] = f"error: {type(exc).__name__}: {str(exc)[:300]}"
         print(f"   ({time.perf_counter() - t0:.1f} s)")
-    out["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(args.json, out)
+        out["seconds"] = round(time.perf_counter() - started, 1)
+        write_json(args.json, out)  # after every section: a killed run keeps what it has
     return 0
 
 

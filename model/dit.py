@@ -33,8 +33,10 @@ from .pom import PoM, PoMState
 def sincos_1d(positions: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """(..., ) positions -> (..., dim) sin-cos features."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
-    args = positions.to(torch.float64)[..., None] * freqs.to(positions.device)
+    # built on the positions' device: a host-to-device copy here would break CUDA graphs
+    steps = torch.arange(half, dtype=torch.float64, device=positions.device)
+    freqs = torch.exp(-math.log(max_period) * steps / half)
+    args = positions.to(torch.float64)[..., None] * freqs
     emb = torch.cat([torch.cos(args), torch.sin(args)], -1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))

@@ -14,6 +14,12 @@ real rows are unaffected (the tests check padded = unpadded on CPU, where the sa
 path runs without graphs). Batches above the largest bucket run eagerly.
 
 On CPU (or with ``graphs=False``) a call is just ``model.step``.
+
+One thread steps a FrameStep (the server's stepping thread): a replay's static inputs are
+only safe to overwrite once it has been queued on the same stream. The graphs of all
+buckets share one memory pool. A graph fixes the kernel choice (``POMSTREAM_KERNELS``) in
+force when it was captured; changing it later captures new graphs. ``compile=True``
+compiles the model's blocks in place (their state-dict keys change): give it a copy.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import threading
 
 import torch
 from torch import Tensor
+
+from kernels import dispatch
 
 from .dit import VideoDiT
 from .pom import PoMState
@@ -33,7 +41,8 @@ class _Graph:
     """One captured step for a fixed batch size: static inputs, outputs and the graph."""
 
     def __init__(self, model: VideoDiT, batch: int, like: tuple[Tensor, Tensor, Tensor,
-                                                                  list[PoMState]], warmup: int):
+                                                                  list[PoMState]], warmup: int,
+                 pool):
         x, t, cond, states = like
         self.x = x.new_zeros((batch, *x.shape[1:]))
         self.t = t.new_zeros((batch,))
@@ -47,7 +56,8 @@ class _Graph:
                 model.step(self.x, self.t, self.cond, self.states)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: other threads (encoders, the API) may use CUDA during the capture
+        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
             self.v, self.new_states = model.step(self.x, self.t, self.cond, self.states)
 
     def __call__(self, x, t, cond, states):
@@ -88,6 +98,7 @@ class FrameStep:
         self.buckets, self.pad, self.warmup = tuple(buckets), pad, warmup
         self._captured: dict[tuple, _Graph] = {}
         self._lock = threading.Lock()
+        self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
         if compile:
             for i, blk in enumerate(model.blocks):
                 model.blocks[i] = torch.compile(blk, dynamic=False)
@@ -103,11 +114,12 @@ class FrameStep:
             return self.model.step(x, t, cond, states)
         if not self.graphs:
             return self._padded(x, t, cond, states, size)
-        key = (size, x.dtype, t.dtype, cond.dtype, tuple(s.total.dtype for s in states))
+        key = (size, x.dtype, t.dtype, cond.dtype, tuple(s.total.dtype for s in states),
+               dispatch.requested(), torch.is_grad_enabled())
         with self._lock:
             graph = self._captured.get(key)
             if graph is None:
-                graph = _Graph(self.model, size, (x, t, cond, states), self.warmup)
+                graph = _Graph(self.model, size, (x, t, cond, states), self.warmup, self._pool)
                 self._captured[key] = graph
             return graph(x, t, cond, states)
 

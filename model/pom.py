@@ -238,7 +238,7 @@ class PoM(nn.Module):
         """
         B, m, _ = x.shape
         if state is None:
-            state = self.empty_state(B, x.device, x.dtype)
+            state = self.empty_state(B, x.device, acc_dtype(x.dtype))  # bf16 net: f32 state
         hc, hs = self._project(x, None)  # (B, m, eD), (B, m, H)
         # the sums accumulate in the wider of the state's dtype and float32: a bf16 network
         # keeps a float32 state, which thousands of frames of sums would otherwise erode

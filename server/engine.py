@@ -24,8 +24,11 @@ session (its whole past is a PoM state of fixed size) and queues the save on the
 0..k-1 before it. The keyframe interval equals ``snapshot_every``, so frame k starts a GOP
 (the snapshot after the last frame is kept for continuing a finished video). A worker that
 takes over a job (the first one died; XAUTOCLAIM moved the lease) restores the snapshot,
-restarts the encoder at frame k and regenerates frames k, k+1, ... bit for bit (same seed,
-same state). Fragments already stored are ignored by index, so the stream never has a gap
+restarts the encoder at frame k and regenerates frames k, k+1, ... (same seed, same
+state: bit for bit when it runs them in a batch of the same size on the same kind of
+device; matrix products of other batch sizes, and bf16 on a GPU, round differently, so
+the resumed GOP may differ from the lost one by rounding, never by a missing or repeated
+frame). Fragments already stored are ignored by index, so the stream never has a gap
 or a repeat. The encoder runs at a constant quantizer, so a GOP encodes the same whoever
 encodes it and the restarted encoder's pictures match what viewers already decoded. The
 sampling parameters and encoder settings are fixed in the job record by the first worker

@@ -136,13 +136,38 @@ def test_select(kernels_on, device, heads, rows, state_rows, batch_state):
     for dtype in dtypes(device):
         hs = (torch.randn(2, T, heads + 5, device=device, dtype=torch.float64) * 4).to(dtype)
         hs = hs[..., 2 : 2 + heads]
-        bias = torch.randn(heads, device=device, dtype=dtype)
+        bias = torch.randn(2 * heads, device=device, dtype=dtype)[::2]  # strided
         hbar = torch.randn(batch_state, state_rows, E, device=device)
         got, got_g = grads(lambda *a: ops.select(*a, rows), hs, bias, hbar)
         want, want_g = grads(lambda *a: sel.select(*a, rows), hs, bias, hbar)
         close(got, want, dtype, "u")
         for g, w, what in zip(got_g, want_g, ("d hs", "d bias", "d hbar"), strict=True):
             close(g, w, dtype, what)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_state_update_single_count_with_decay(kernels_on, device):
+    """A (S, 1) count meets a per-channel decay: it becomes per channel, as in PyTorch."""
+    hc = context(3, 4, 10, torch.float32, device)
+    coeff, gamma = torch.randn(10, 2, device=device), torch.rand(10, device=device)
+    total, count = torch.randn(3, 10, device=device), torch.rand(3, 1, device=device) * 3
+    with torch.no_grad():
+        got = ops.state_update(hc, coeff, total, count, gamma)
+    for g, w in zip(got, upd.state_update(hc, coeff, total, count, gamma), strict=True):
+        assert g.shape == w.shape
+        close(g, w, torch.float32, "state")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_and_unsupported_inputs_take_the_reference(kernels_on, device):
+    hc = context(2, 0, 6, torch.float32, device)
+    coeff = torch.randn(6, 2, device=device)
+    assert ops.feature_sums(hc, coeff).shape == (2, 1, 6)
+    assert ops.causal_mean(hc, coeff).shape == (2, 0, 6)
+    x = context(1, 5, 6, torch.float32, device).requires_grad_()
+    w = torch.ones(1, 5, device=device, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="token weights"):
+        ops.feature_sums(x, coeff, None, w).sum().backward()
 
 
 def pom_layer(decay, heads, device, dtype):

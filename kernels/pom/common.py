@@ -10,10 +10,13 @@ import triton.language as tl
 def activation(h):
     """a = clamp(leaky_relu(h, 0.01), -0.1, 6) and da/dh (torch's conventions: slope 0.01
     at h <= 0, gradient kept on the clamp bounds)."""
-    lr = tl.where(h > 0, h, h / 100.0)  # /100, not *0.01: exact in float64 too
-    a = tl.minimum(tl.maximum(lr, -0.1), 6.0)
-    slope = tl.where(h > 0, 100.0, 1.0).to(h.dtype) / 100.0  # 1 or 0.01, exact in float64
-    da = tl.where((lr >= -0.1) & (lr <= 6.0), slope, 0.0)
+    # constants in h's dtype: a float literal is float32, which would round 0.01 and 0.1
+    # differently from torch in float64; h * 0.01 is what torch computes
+    neg = tl.full((1,), 0.01, h.dtype)
+    lo = tl.full((1,), -0.1, h.dtype)
+    lr = tl.where(h > 0, h, h * neg)
+    a = tl.minimum(tl.maximum(lr, lo), 6.0)
+    da = tl.where((lr >= lo) & (lr <= 6.0), tl.where(h > 0, 1.0, neg), 0.0)
     return a, da
 
 

@@ -16,11 +16,25 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from kernels.dispatch import use_triton
 from kernels.pom.aggregate import naive as agg_naive
 from kernels.pom.select import naive as sel_naive
 from kernels.pom.state_update import naive as upd_naive
+
+_MAX_BLOCKS = 65535  # grid axes 1 and 2
+_MAX_OFFSET = 2**31  # offsets inside one sequence are 32-bit in the kernels
+
+
+def _fits(t: Tensor) -> bool:
+    """Whether the kernels take this (B, N, C) tensor: not empty, offsets inside a sequence
+    within 32 bits, token blocks within the grid. Otherwise the reference runs."""
+    if t.numel() == 0:
+        return False
+    extent = sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:],
+                                                                 strict=True))
+    return extent < _MAX_OFFSET and t.shape[1] < 16 * _MAX_BLOCKS
 
 
 def _kernels(name: str):
@@ -38,7 +52,10 @@ class _FeatureSums(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
+        if ctx.needs_input_grad[2]:
+            raise NotImplementedError("the kernels give no gradient for the token weights")
         hc, coeff, weights = ctx.saved_tensors
         group = ctx.group or hc.shape[1]  # one row for the whole sequence
         dh, dc = _kernels("aggregate").feature_sums_backward(hc, coeff, grad, group, weights)
@@ -52,6 +69,7 @@ class _CausalMean(torch.autograd.Function):
         return _kernels("aggregate").causal_mean(hc, coeff)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         hc, coeff = ctx.saved_tensors
         n = torch.arange(1, hc.shape[1] + 1, device=hc.device, dtype=grad.dtype)[:, None]
@@ -68,6 +86,7 @@ class _Select(torch.autograd.Function):
         return _kernels("select").select(hs, bias, hbar, rows)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         hs, bias, hbar = ctx.saved_tensors
         with torch.enable_grad():
@@ -82,14 +101,14 @@ class _Select(torch.autograd.Function):
 def feature_sums(hc: Tensor, coeff: Tensor, group: int | None = None,
                  weights: Tensor | None = None) -> Tensor:
     """(B, N // group, eD) sums of features (float32, float64 stays); group None: (B, 1, eD)."""
-    if use_triton(hc):
+    if use_triton(hc) and _fits(hc):
         return _FeatureSums.apply(hc, coeff, weights, group)
     return agg_naive.feature_sums(hc, coeff, group, weights)
 
 
 def causal_mean(hc: Tensor, coeff: Tensor) -> Tensor:
     """(B, N, eD): row t is the mean of the features of tokens <= t."""
-    if use_triton(hc):
+    if use_triton(hc) and _fits(hc):
         return _CausalMean.apply(hc, coeff)
     return agg_naive.causal_mean(hc, coeff)
 
@@ -100,13 +119,13 @@ def state_update(hc: Tensor, coeff: Tensor, total: Tensor, count: Tensor,
     has no backward: with gradients required the reference runs."""
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hc, coeff, total, count, gamma))
-    if not grad and use_triton(hc):
+    if not grad and use_triton(hc) and _fits(hc) and hc.shape[0] < 2**31:
         return _kernels("state_update").state_update(hc, coeff, total, count, gamma)
     return upd_naive.state_update(hc, coeff, total, count, gamma)
 
 
 def select(hs: Tensor, bias: Tensor, hbar: Tensor, rows: int) -> Tensor:
     """(B, T, eD) gated state; row t reads ``hbar[:, t // rows]``."""
-    if use_triton(hs):
+    if use_triton(hs) and _fits(hs) and _fits(hbar) and hs.shape[1] < 64 * _MAX_BLOCKS:
         return _Select.apply(hs, bias, hbar, rows)
     return sel_naive.select(hs, bias, hbar, rows)

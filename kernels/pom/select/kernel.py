@@ -45,6 +45,7 @@ def select(hs: Tensor, bias: Tensor, hbar: Tensor, rows: int) -> Tensor:
     if hbar.shape[0] not in (1, B) or hbar.shape[1] * rows < T:
         raise ValueError(f"state rows {tuple(hbar.shape)} x {rows} do not cover {T} queries")
     out = new_output((B, T, E), hs.dtype, hs.device)
+    bias = bias.contiguous()
     s_hb = hbar.stride(0) if hbar.shape[0] == B else 0
     bt, be = block_n(T), block_e(E)
     _select[(B, triton.cdiv(T, bt), triton.cdiv(E, be))](

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from kernels.dispatch import new_output
 from kernels.pom.aggregate.kernel import group_sums
+from kernels.pom.aggregate.naive import acc_dtype
 from kernels.pom.common import block_e, block_n, tile_features
 
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
@@ -62,27 +63,24 @@ def _update(hc_ptr, coeff_ptr, tot_ptr, cnt_ptr, gamma_ptr, ntot_ptr, ncnt_ptr, 
 
 
 def state_update(hc: Tensor, coeff: Tensor, total: Tensor, count: Tensor,
-                 gamma: Tensor | None = None, min_programs: int = 128
-                 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Same contract as ``naive.state_update``. With fewer than ``min_programs`` programs
-    and long chunks, the chunk is first summed by the aggregation kernel (split over
-    tokens), then folded in."""
+                 gamma: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Same contract as ``naive.state_update``. A chunk of 512 tokens or more is first
+    summed by the aggregation kernel (split over tokens), then folded in."""
     S, M, E = hc.shape
     if total.shape != (S, E) or count.shape not in ((S, 1), (S, E)):
         raise ValueError(f"state ({tuple(total.shape)}, {tuple(count.shape)}) does not fit "
                          f"a chunk of shape {tuple(hc.shape)}")
-    if count.shape[1] == 1 and gamma is not None:
-        raise ValueError("a decayed state needs one count per channel")
-    acc = torch.promote_types(total.dtype, hc.dtype)
-    if acc not in _TL:
-        raise TypeError(f"states accumulate in float32 or float64, not {acc}")
+    if count.shape[1] == 1 and gamma is not None:  # decayed per channel from here on
+        count = count.expand(S, E)
+    acc = acc_dtype(torch.promote_types(total.dtype, hc.dtype))
     coeff = coeff.to(acc).contiguous()
     gamma = gamma.to(acc).contiguous() if gamma is not None else coeff.new_empty(0)
     be = block_e(E)
     rows, summed = hc, False
-    if S * triton.cdiv(E, be) < min_programs and M >= 2 * 256:
-        # few sequences with long chunks (one session, global state, 1,024 tokens): one
-        # program per channel tile would walk the chunk alone; sum it over many first
+    if M >= 2 * 256:
+        # long chunks (global state, 1,024 tokens a frame): one program per sequence and
+        # channel tile would walk the chunk alone; sum it over many programs first. Decided
+        # by the chunk alone, so a session's numbers do not depend on its batch.
         rows, summed = group_sums(hc, coeff, None, 256).sum(1, keepdim=True), True
     new_total = new_output((S, E), acc, hc.device)
     new_count = new_output(tuple(count.shape), acc, hc.device)

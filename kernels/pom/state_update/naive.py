@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.pom.aggregate.naive import features
+from kernels.pom.aggregate.naive import acc_dtype, features
 
 
 def state_update(hc: Tensor, coeff: Tensor, total: Tensor, count: Tensor,
@@ -22,7 +22,7 @@ def state_update(hc: Tensor, coeff: Tensor, total: Tensor, count: Tensor,
     with a per-channel decay; gamma (eD,) or None. Returns (hbar (S, eD) in hc's dtype,
     new total, new count), the state in the wider of its own and hc's dtype.
     """
-    acc = torch.promote_types(total.dtype, hc.dtype)
+    acc = acc_dtype(torch.promote_types(total.dtype, hc.dtype))
     chunk = features(hc.to(acc), coeff).sum(1)  # (S, eD)
     total, count = total.to(acc), count.to(acc)
     if gamma is not None:
