@@ -174,8 +174,13 @@ class Block(nn.Module):
                 else:
                     if n_frames != 1:
                         raise ValueError("streaming runs one frame at a time")
-                    y, st = self.temporal.state_forward(seqs, state.reshape_batch(B * L))
-                    new_state = st.reshape_batch(B, L)
+                    # every position has seen the same frames: one count (B, 1, w) serves
+                    # all L positions, only the sums are per position (B, L, eD)
+                    count = state.count.expand(B, L, -1).reshape(B * L, -1)
+                    y, st = self.temporal.state_forward(
+                        seqs, PoMState(state.total.reshape(B * L, -1), count))
+                    new_state = PoMState(st.total.reshape(B, L, -1),
+                                         st.count.reshape(B, L, -1)[:, :1].contiguous())
                 return y.unflatten(0, (B, L)).transpose(1, 2)
             if state is None:
                 return self.temporal(h.flatten(1, 2), mask="frame_causal", frame_tokens=L
@@ -263,12 +268,15 @@ class VideoDiT(nn.Module):
         return v[:, 0], new
 
     def empty_states(self, batch: int, device=None, dtype=torch.float32) -> list[PoMState]:
-        """Per block: (batch, eD) sums, or (batch, L, eD) with per-position states."""
+        """Per block: (batch, eD) sums and (batch, 1 or eD) counts; with per-position
+        states (batch, L, eD) sums and (batch, 1, 1 or eD) counts (the same for every
+        position, stored once)."""
         states = []
         for b in self.blocks:
-            if b.per_position:
-                st = b.temporal.empty_state(batch * b.positions, device, dtype
-                                            ).reshape_batch(batch, b.positions)
+            if b.per_position:  # sums per position, one count for them all
+                st = b.temporal.empty_state(batch * b.positions, device, dtype)
+                st = PoMState(st.total.reshape(batch, b.positions, -1),
+                              st.count[:batch, None])
             else:
                 st = b.temporal.empty_state(batch, device, dtype)
             states.append(st)

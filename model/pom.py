@@ -72,12 +72,6 @@ class PoMState:
     def to_dtype(self, dtype: torch.dtype) -> PoMState:
         return PoMState(self.total.to(dtype), self.count.to(dtype))
 
-    def reshape_batch(self, *shape: int) -> PoMState:
-        """The same sums with the leading (batch) dimension(s) reshaped to ``shape``, e.g.
-        (B, L) -> (B*L,) and back for per-position states."""
-        return PoMState(self.total.reshape(*shape, self.total.shape[-1]),
-                        self.count.reshape(*shape, self.count.shape[-1]))
-
     def split(self) -> list[PoMState]:
         return [PoMState(t[None], c[None]) for t, c in zip(self.total, self.count, strict=True)]
 

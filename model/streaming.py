@@ -43,7 +43,7 @@ from .frame_step import FrameStep
 from .pom import PoMState
 
 SNAPSHOT_MAGIC = b"POMSNAP\x00"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: per-position states store one count per session, not per position
 
 
 class SnapshotError(ValueError):
