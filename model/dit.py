@@ -68,7 +68,8 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        freq = sincos_1d(t * 1000.0, self.freq_dim).to(self.mlp[0].weight.dtype)
+        # float64 before scaling: in bfloat16, 0.875 * 1000 would round to 876
+        freq = sincos_1d(t.to(torch.float64) * 1000.0, self.freq_dim).to(self.mlp[0].weight.dtype)
         return self.mlp(freq)
 
 
@@ -180,7 +181,7 @@ class Block(nn.Module):
                     y, st = self.temporal.state_forward(
                         seqs, PoMState(state.total.reshape(B * L, -1), count))
                     new_state = PoMState(st.total.reshape(B, L, -1),
-                                         st.count.reshape(B, L, -1)[:, :1].contiguous())
+                                         st.count.reshape(B, L, -1)[:, :1].clone())
                 return y.unflatten(0, (B, L)).transpose(1, 2)
             if state is None:
                 return self.temporal(h.flatten(1, 2), mask="frame_causal", frame_tokens=L
@@ -274,9 +275,9 @@ class VideoDiT(nn.Module):
         states = []
         for b in self.blocks:
             if b.per_position:  # sums per position, one count for them all
-                st = b.temporal.empty_state(batch * b.positions, device, dtype)
-                st = PoMState(st.total.reshape(batch, b.positions, -1),
-                              st.count[:batch, None])
+                st = b.temporal.empty_state(batch, device, dtype)
+                st = PoMState(st.total.new_zeros(batch, b.positions, st.total.shape[-1]),
+                              st.count[:, None])
             else:
                 st = b.temporal.empty_state(batch, device, dtype)
             states.append(st)

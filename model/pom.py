@@ -60,6 +60,8 @@ class PoMState:
 
     ``total``: (B, eD) sum of the polynomial features of every token seen (decayed).
     ``count``: (B, 1) number of tokens seen, or (B, eD) when a per-channel decay applies.
+    (A video DiT with per-position temporal states keeps (B, L, eD) sums and one
+    (B, 1, 1 or eD) count for all L positions, see ``VideoDiT.empty_states``.)
     """
 
     total: Tensor

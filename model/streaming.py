@@ -44,6 +44,7 @@ from .pom import PoMState
 
 SNAPSHOT_MAGIC = b"POMSNAP\x00"
 SNAPSHOT_VERSION = 2  # 2: per-position states store one count per session, not per position
+READABLE_VERSIONS = (1, 2)  # a version-1 snapshot's per-position counts are folded to one
 
 
 class SnapshotError(ValueError):
@@ -159,6 +160,11 @@ class StreamSession:
             states_uncond = load("uncond") if params.uses_cfg else None
             expected = gen.model.empty_states(1, gen.device, gen.state_dtype)
             for got, want in zip(states + (states_uncond or []), expected * 2, strict=False):
+                if header["version"] == 1 and got.count.dim() == 3 and want.count.shape[1] == 1:
+                    # version 1 kept the per-position count once per position; all equal
+                    if not bool((got.count == got.count[:, :1]).all()):
+                        raise SnapshotError("version-1 snapshot with unequal position counts")
+                    got.count = got.count[:, :1].clone()
                 if got.total.shape != want.total.shape or got.count.shape != want.count.shape:
                     raise SnapshotError("state tensor shapes do not match the model")
             cond = gen.encode_prompt(header["prompt"])
@@ -187,9 +193,9 @@ def _parse_snapshot(data: bytes) -> tuple[dict, dict[str, Tensor]]:
         raise SnapshotError(f"corrupt snapshot: {exc}") from exc
     if header.get("format") != "pomstream.session":
         raise SnapshotError("not a pomstream session snapshot")
-    if header.get("version") != SNAPSHOT_VERSION:
+    if header.get("version") not in READABLE_VERSIONS:
         raise SnapshotError(f"snapshot version {header.get('version')} is not supported "
-                            f"(this build reads version {SNAPSHOT_VERSION})")
+                            f"(this build reads versions {READABLE_VERSIONS})")
     return header, tensors
 
 

@@ -162,3 +162,37 @@ def test_bf16_model_keeps_float32_state(tiny_model):
     assert frame.shape == (16, 16, 3)
     assert all(st.total.dtype == torch.float32 and st.count.dtype == torch.float32
                for st in s.states)
+
+
+def test_version_1_snapshot_of_per_position_states_still_restores():
+    """Snapshots written before per-position counts were stored once (version 1: one count
+    per position) restore into the same frames as the current format."""
+    import json
+    import struct
+
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from model.streaming import SNAPSHOT_MAGIC
+
+    gen = StreamGenerator(randomized_model(temporal_mixer="per_position", dtype=torch.float32))
+    session = gen.session("digit 4", seed=3, steps=2, guidance=2.0)
+    session.next_frame()
+    data = session.snapshot()
+    start = len(SNAPSHOT_MAGIC)
+    (n,) = struct.unpack("<I", data[start : start + 4])
+    header = json.loads(data[start + 4 : start + 4 + n])
+    tensors = st_load(data[start + 4 + n :])
+    L = gen.model.blocks[0].positions
+    for name in list(tensors):
+        if name.endswith(".count"):
+            tensors[name] = tensors[name].expand(-1, L, -1).contiguous()
+    header["version"] = 1
+    head = json.dumps(header).encode()
+    old = SNAPSHOT_MAGIC + struct.pack("<I", len(head)) + head + st_save(tensors)
+    assert len(old) > len(data)
+    want = [session.next_frame() for _ in range(2)]
+    restored = gen.restore(old)
+    got = [restored.next_frame() for _ in range(2)]
+    for a, b in zip(got, want, strict=True):
+        assert np.array_equal(a, b)
