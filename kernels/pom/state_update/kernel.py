@@ -4,7 +4,9 @@ One program per (sequence, channel tile): it reads the chunk's context projectio
 computes the features in registers, sums them, decays and updates the carried sum and
 count, and writes the mean the chunk reads. With per-position temporal states a batch of
 32 sessions at 1,024 positions is 32,768 sequences of one token: one launch, no
-intermediate tensor. Reference: ``naive.py``.
+intermediate tensor. A chunk of 512 tokens or more (a global state, a whole frame) is
+first summed over many programs by the aggregation kernel, then folded in by this one:
+two launches and a small sum. Reference: ``naive.py``.
 """
 
 from __future__ import annotations
