@@ -20,30 +20,34 @@ import time
 import torch
 from tqdm import tqdm
 
-from bench.machine import describe, write_json
+from bench.machine import describe, sync, write_json
 from model import StreamGenerator, load_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run(model_spec: str, frames: int, sessions: int, steps: int, device: str, dtype: str,
         window: int = 10, guidance: float = 1.0) -> dict:
-    dev = torch.device(device)
-    model = load_model(model_spec, device=dev, dtype=DTYPES[dtype])
-    gen = StreamGenerator(model)
+    model = load_model(model_spec, device=torch.device(device), dtype=DTYPES[dtype])
+    result = run_model(model, frames, sessions, steps, window, guidance)
+    return {**result, "dtype": dtype}
+
+
+def run_model(model, frames: int, sessions: int, steps: int, window: int = 10,
+              guidance: float = 1.0, generator: StreamGenerator | None = None) -> dict:
+    """``sessions`` streams of ``model`` batched in one generator (or ``generator``) for
+    ``frames`` frames: median frame-step times around frame 10 and over the last
+    ``window`` frames, state and snapshot bytes."""
+    dev = next(model.parameters()).device
+    gen = generator or StreamGenerator(model)
     batch = [gen.session(f"digits {i % 10} and {(3 * i) % 10}", seed=i, steps=steps,
                          guidance=guidance) for i in range(sessions)]
     times = []
     for _ in tqdm(range(frames), desc=f"{sessions} session(s)", unit="frame"):
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
-        gen.step(batch)
-        _sync(dev)
+        gen.step(batch)  # frames come back as uint8 on the host
+        sync(dev)
         times.append(time.perf_counter() - t0)
     early = times[max(0, 10 - window // 2): 10 + window // 2]
     late = times[-window:]
@@ -52,7 +56,6 @@ def run(model_spec: str, frames: int, sessions: int, steps: int, device: str, dt
         "model": model.cfg.name,
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "tokens_per_frame": model.cfg.tokens_per_frame,
-        "dtype": dtype,
         "sessions": sessions,
         "steps": steps,
         "guidance": guidance,

@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.machine import describe, write_json
+from bench.frame_step import DTYPES, run_model
+from bench.machine import describe, sync, write_json
 from kernels import dispatch
 from model.config import get_config
 from model.dit import VideoDiT
@@ -58,11 +59,6 @@ SECTIONS = ("layer", "context", "frame_step", "streaming", "train")
 
 
 # -- timing ---------------------------------------------------------------------------------
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def time_ms(fn: Callable[[], object], device: torch.device, reps: int, warmup: int,
             budget_s: float | None = None) -> float:
@@ -122,7 +118,7 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.device = torch.device(args.device)
-        self.dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
+        self.dtype = DTYPES[args.dtype]
         self.on_gpu = self.device.type == "cuda"
         self.kernels_ok = self.on_gpu and dispatch.triton_available() is None
         self.compile_ok = self.on_gpu or args.compile_on_cpu
@@ -303,25 +299,17 @@ class Bench:
         rows, table = [], Table()
         backend = "triton" if self.kernels_ok else "reference"
         with kernels(backend):
-            gen = StreamGenerator(model)
+            gen = StreamGenerator(model)  # one generator: its graphs serve every count
             for streams, frames in zip(a.stream_counts, a.stream_frames, strict=True):
-                sessions = [gen.session(f"digit {i % 10}", seed=i, steps=a.stream_steps)
-                            for i in range(streams)]
-                times = []
-                for _ in range(frames):
-                    sync(self.device)
-                    t0 = time.perf_counter()
-                    gen.step(sessions)  # frames come back as uint8 on the host
-                    times.append(time.perf_counter() - t0)
-                early = statistics.median(times[5:15]) if frames >= 15 else times[-1]
-                late = statistics.median(times[-10:])
+                r = run_model(model, frames, streams, a.stream_steps, generator=gen)
+                late = r[f"ms_per_frame_step_at_{frames}"]
                 row = {"streams": streams, "frames": frames, "steps": a.stream_steps,
                        "kernels": backend, "graphs": gen.frame_step.graphs,
-                       "ms_per_frame_at_10": round(1e3 * early, 3),
-                       f"ms_per_frame_at_{frames}": round(1e3 * late, 3),
-                       "late_over_early": round(late / early, 3),
-                       "fps_per_stream": round(1 / late, 2),
-                       "fps_total": round(streams / late, 2)}
+                       "ms_per_frame_at_10": r["ms_per_frame_step_at_10"],
+                       f"ms_per_frame_at_{frames}": late,
+                       "late_over_early": r["late_over_early"],
+                       "fps_per_stream": round(1e3 / late, 2),
+                       "fps_total": r["frames_per_s_total"]}
                 rows.append(row)
                 table.add(row)
         return rows
@@ -544,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, value)
     if len(args.stream_counts) != len(args.stream_frames):
         p.error("--stream-counts and --stream-frames need one value each")
+    if min(args.stream_frames) < 20:
+        p.error("--stream-frames must be at least 20 (frames 5-15 are the early window)")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.model_overrides = parse_overrides(args.override or [])

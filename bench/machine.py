@@ -49,6 +49,12 @@ def describe(device: torch.device) -> dict:
     return info
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings of CUDA work need it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def write_json(path: str | None, data: dict) -> None:
     """Write a benchmark's results (with their machine) to ``path``, if one was given."""
     if not path:

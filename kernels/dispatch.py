@@ -38,8 +38,12 @@ def triton_available() -> str | None:
     return None
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0") not in ("", "0")
+
+
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return _flag("TRITON_INTERPRET")
 
 
 def requested() -> str:
@@ -70,7 +74,7 @@ def use_triton(*tensors: Tensor) -> bool:
 
 def new_output(shape: tuple[int, ...], dtype: torch.dtype, device) -> Tensor:
     """An uninitialised kernel output, NaN-filled when POMSTREAM_KERNEL_POISON=1."""
-    if os.environ.get("POMSTREAM_KERNEL_POISON", "0") not in ("", "0"):
+    if _flag("POMSTREAM_KERNEL_POISON"):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 

@@ -274,12 +274,10 @@ class VideoDiT(nn.Module):
         position, stored once)."""
         states = []
         for b in self.blocks:
+            st = b.temporal.empty_state(batch, device, dtype)
             if b.per_position:  # sums per position, one count for them all
-                st = b.temporal.empty_state(batch, device, dtype)
                 st = PoMState(st.total.new_zeros(batch, b.positions, st.total.shape[-1]),
                               st.count[:, None])
-            else:
-                st = b.temporal.empty_state(batch, device, dtype)
             states.append(st)
         return states
 

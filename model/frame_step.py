@@ -37,41 +37,55 @@ from .pom import PoMState
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
+Inputs = tuple[Tensor, Tensor, Tensor, list[PoMState]]  # x, t, cond, states
+
+
+def _buffers(batch: int, like: Inputs) -> Inputs:
+    """Zero inputs shaped like ``like`` for ``batch`` sessions."""
+    x, t, cond, states = like
+    return (x.new_zeros((batch, *x.shape[1:])), t.new_zeros((batch,)),
+            cond.new_zeros((batch, *cond.shape[1:])),
+            [PoMState(s.total.new_zeros((batch, *s.total.shape[1:])),
+                      s.count.new_zeros((batch, *s.count.shape[1:]))) for s in states])
+
+
+def _fill(buffers: Inputs, inputs: Inputs) -> None:
+    """Copy ``inputs`` into the first rows of ``buffers``; the padding rows become zero
+    inputs with empty states."""
+    n = inputs[0].shape[0]
+    pairs = list(zip(buffers[:3], inputs[:3], strict=True))
+    for dst, src in zip(buffers[3], inputs[3], strict=True):
+        pairs += [(dst.total, src.total), (dst.count, src.count)]
+    for dst, src in pairs:
+        dst[:n].copy_(src)
+        dst[n:].zero_()
+
+
+def _rows(n: int, v: Tensor, states: list[PoMState]) -> tuple[Tensor, list[PoMState]]:
+    """The first ``n`` rows of a step's outputs, as new tensors."""
+    return v[:n].clone(), [PoMState(s.total[:n].clone(), s.count[:n].clone()) for s in states]
+
+
 class _Graph:
     """One captured step for a fixed batch size: static inputs, outputs and the graph."""
 
-    def __init__(self, model: VideoDiT, batch: int, like: tuple[Tensor, Tensor, Tensor,
-                                                                  list[PoMState]], warmup: int,
-                 pool):
-        x, t, cond, states = like
-        self.x = x.new_zeros((batch, *x.shape[1:]))
-        self.t = t.new_zeros((batch,))
-        self.cond = cond.new_zeros((batch, *cond.shape[1:]))
-        self.states = [PoMState(s.total.new_zeros((batch, *s.total.shape[1:])),
-                                s.count.new_zeros((batch, *s.count.shape[1:]))) for s in states]
+    def __init__(self, model: VideoDiT, batch: int, like: Inputs, warmup: int, pool):
+        self.inputs = _buffers(batch, like)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm up (autotuning, lazy init) outside the graph
             for _ in range(warmup):
-                model.step(self.x, self.t, self.cond, self.states)
+                model.step(*self.inputs)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: other threads (encoders, the API) may use CUDA during the capture
         with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
-            self.v, self.new_states = model.step(self.x, self.t, self.cond, self.states)
+            self.v, self.new_states = model.step(*self.inputs)
 
-    def __call__(self, x, t, cond, states):
-        n = x.shape[0]
-        for dst, src in ((self.x, x), (self.t, t), (self.cond, cond)):
-            dst[:n].copy_(src)
-            dst[n:].zero_()
-        for dst, src in zip(self.states, states, strict=True):
-            for d, s in ((dst.total, src.total), (dst.count, src.count)):
-                d[:n].copy_(s)
-                d[n:].zero_()
+    def __call__(self, *inputs) -> tuple[Tensor, list[PoMState]]:
+        _fill(self.inputs, inputs)
         self.graph.replay()
-        return (self.v[:n].clone(),
-                [PoMState(s.total[:n].clone(), s.count[:n].clone()) for s in self.new_states])
+        return _rows(inputs[0].shape[0], self.v, self.new_states)
 
 
 class FrameStep:
@@ -124,13 +138,11 @@ class FrameStep:
             return graph(x, t, cond, states)
 
     def _padded(self, x, t, cond, states, size):
-        def pad(a: Tensor) -> Tensor:
-            return torch.cat([a, a.new_zeros((size - a.shape[0], *a.shape[1:]))])
-
-        v, new = self.model.step(pad(x), pad(t), pad(cond),
-                                 [PoMState(pad(s.total), pad(s.count)) for s in states])
-        n = x.shape[0]
-        return v[:n], [PoMState(s.total[:n], s.count[:n]) for s in new]
+        """The graphs' padding without a graph: the same buffers, filled the same way."""
+        inputs = (x, t, cond, states)
+        buffers = _buffers(size, inputs)
+        _fill(buffers, inputs)
+        return _rows(x.shape[0], *self.model.step(*buffers))
 
     @property
     def captured(self) -> list[int]:

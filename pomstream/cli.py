@@ -127,9 +127,9 @@ def cmd_bench(argv: list[str]) -> int:
     benchmark when no name is given."""
     import importlib
 
-    name = argv[0] if argv and not argv[0].startswith("-") else "frame-step"
+    name = "frame-step"
     if argv and not argv[0].startswith("-"):
-        argv = argv[1:]
+        name, argv = argv[0], argv[1:]
     if name not in BENCHMARKS:
         print(f"pomstream bench: unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}",
               file=sys.stderr)

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+
+from kernels.pom.aggregate.naive import acc_dtype
+
+_TL = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def tl_acc(dtype: torch.dtype):
+    """The Triton dtype sums over ``dtype`` inputs accumulate in (float64 stays, else
+    float32): the kernels' ``ACC`` argument."""
+    return _TL[acc_dtype(dtype)]
 
 
 @triton.jit

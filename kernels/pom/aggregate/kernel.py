@@ -25,11 +25,9 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.dispatch import new_output
-from kernels.pom.common import activation, block_e, block_n, poly_grad, tile_features
+from kernels.pom.common import activation, block_e, block_n, poly_grad, tile_features, tl_acc
 
 from .naive import acc_dtype
-
-_TL = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
 @triton.jit
@@ -144,6 +142,15 @@ def _check(hc: Tensor, coeff: Tensor, weights: Tensor | None) -> None:
         raise ValueError(f"weights must be (B, N) = {tuple(hc.shape[:2])}")
 
 
+def _weights(weights: Tensor | None, acc: torch.dtype, hc: Tensor) -> tuple[Tensor, tuple]:
+    """Per-token weights in the accumulation dtype and their strides (an empty tensor and
+    zero strides without weights: the kernels then skip them, HAS_W=False)."""
+    if weights is None:
+        return hc.new_empty(0), (0, 0)
+    w = weights.to(acc)
+    return w, (w.stride(0), w.stride(1))
+
+
 def default_split(batch: int, tokens: int, width: int) -> int:
     """Tokens per program when one sum covers a whole sequence: enough programs to fill a
     GPU (about 1,024 with the channel tiles) but at least 256 tokens each."""
@@ -158,10 +165,9 @@ def group_sums(hc: Tensor, coeff: Tensor, weights: Tensor | None, size: int) -> 
     B, N, E = hc.shape
     acc = acc_dtype(hc.dtype)
     coeff = coeff.to(acc).contiguous()
-    w = weights.to(acc) if weights is not None else hc.new_empty(0)
-    ws = (w.stride(0), w.stride(1)) if weights is not None else (0, 0)
+    w, ws = _weights(weights, acc, hc)
     be = block_e(E)
-    common = dict(HAS_W=weights is not None, DEGREE=coeff.shape[1], ACC=_TL[acc], BLOCK_E=be)
+    common = dict(HAS_W=weights is not None, DEGREE=coeff.shape[1], ACC=tl_acc(acc), BLOCK_E=be)
     if size == 1:
         out = new_output((B, N, E), acc, hc.device)
         bn = block_n(N)
@@ -201,8 +207,7 @@ def feature_sums_backward(hc: Tensor, coeff: Tensor, grad: Tensor, group: int,
     acc = acc_dtype(hc.dtype)
     degree = coeff.shape[1]
     coeff_acc = coeff.to(acc).contiguous()
-    w = weights.to(acc) if weights is not None else hc.new_empty(0)
-    ws = (w.stride(0), w.stride(1)) if weights is not None else (0, 0)
+    w, ws = _weights(weights, acc, hc)
     tile = min(tile, N)
     n_tiles = triton.cdiv(N, tile)
     dh = new_output((B, N, E), hc.dtype, hc.device)
@@ -212,7 +217,7 @@ def feature_sums_backward(hc: Tensor, coeff: Tensor, grad: Tensor, group: int,
         hc, coeff_acc, w, grad, dh, dc, N, E, group, tile,
         *hc.stride(), coeff_acc.stride(0), *ws, *grad.stride(), *dh.stride(), *dc.stride(),
         HAS_W=weights is not None, DEGREE=degree, DEGREE_P2=triton.next_power_of_2(degree),
-        ACC=_TL[acc], BLOCK_N=block_n(tile), BLOCK_E=be)
+        ACC=tl_acc(acc), BLOCK_N=block_n(tile), BLOCK_E=be)
     return dh, dc.sum((0, 1)).to(coeff.dtype)
 
 
@@ -229,5 +234,5 @@ def causal_mean(hc: Tensor, coeff: Tensor, chunk: int = 64) -> Tensor:
     out = new_output((B, N, E), acc, hc.device)
     _causal_fwd[(B, per_chunk.shape[1], triton.cdiv(E, be))](
         hc, coeff_acc, prefix, out, N, E, *hc.stride(), coeff_acc.stride(0), *prefix.stride(),
-        *out.stride(), DEGREE=coeff.shape[1], ACC=_TL[acc], CHUNK=chunk, BLOCK_E=be)
+        *out.stride(), DEGREE=coeff.shape[1], ACC=tl_acc(acc), CHUNK=chunk, BLOCK_E=be)
     return out

@@ -7,13 +7,12 @@ writes the gated input of the output projection. Reference: ``naive.py``.
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from kernels.dispatch import new_output
-from kernels.pom.common import block_e, block_n
+from kernels.pom.common import block_e, block_n, tl_acc
 
 
 @triton.jit
@@ -51,5 +50,5 @@ def select(hs: Tensor, bias: Tensor, hbar: Tensor, rows: int) -> Tensor:
     _select[(B, triton.cdiv(T, bt), triton.cdiv(E, be))](
         hs, bias, hbar, out, T, E, rows, E // H, *hs.stride(), s_hb, hbar.stride(1),
         hbar.stride(2), *out.stride(),
-        ACC=tl.float64 if hs.dtype == torch.float64 else tl.float32, BLOCK_T=bt, BLOCK_E=be)
+        ACC=tl_acc(hs.dtype), BLOCK_T=bt, BLOCK_E=be)
     return out

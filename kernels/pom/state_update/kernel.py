@@ -19,9 +19,7 @@ from torch import Tensor
 from kernels.dispatch import new_output
 from kernels.pom.aggregate.kernel import group_sums
 from kernels.pom.aggregate.naive import acc_dtype
-from kernels.pom.common import block_e, block_n, tile_features
-
-_TL = {torch.float32: tl.float32, torch.float64: tl.float64}
+from kernels.pom.common import block_e, block_n, tile_features, tl_acc
 
 
 @triton.jit
@@ -36,7 +34,7 @@ def _update(hc_ptr, coeff_ptr, tot_ptr, cnt_ptr, gamma_ptr, ntot_ptr, ncnt_ptr, 
     chunk = tl.zeros((BLOCK_E,), ACC)
     for n0 in range(0, M, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        if SUMMED:  # hc holds the chunk's feature sums already (long chunks, few sequences)
+        if SUMMED:  # hc holds the chunk's feature sums already (long chunks)
             m2 = (offs_n < M)[:, None] & mask_e[None, :]
             chunk += tl.sum(tl.load(hc_ptr + s * s_hs + offs_n[:, None] * s_hm
                                     + offs_e[None, :] * s_he, mask=m2, other=0.0).to(ACC), 0)
@@ -92,5 +90,5 @@ def state_update(hc: Tensor, coeff: Tensor, total: Tensor, count: Tensor,
         *rows.stride(), coeff.stride(0), *total.stride(), *count.stride(), *new_total.stride(),
         *new_count.stride(), *hbar.stride(),
         PER_CHANNEL=count.shape[1] != 1, HAS_DECAY=gamma.numel() > 0, SUMMED=summed,
-        DEGREE=coeff.shape[1], ACC=_TL[acc], BLOCK_N=block_n(rows.shape[1]), BLOCK_E=be)
+        DEGREE=coeff.shape[1], ACC=tl_acc(acc), BLOCK_N=block_n(rows.shape[1]), BLOCK_E=be)
     return hbar, new_total, new_count
