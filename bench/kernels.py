@@ -252,7 +252,7 @@ class Bench:
         print(f"{cfg.name} {out['overrides']}: {out['params_M']}M parameters, "
               f"{out['gflop_per_session_step']} GFLOP per session and pass")
         for sessions in a.sessions:
-            x = torch.randn(sessions, cfg.channels, cfg.frame_size, cfg.frame_size,
+            x = torch.randn(sessions, *cfg.latent_shape,
                             device=self.device, dtype=self.dtype)
             t = torch.full((sessions,), 0.5, device=self.device, dtype=self.dtype)
             cond = torch.randn(sessions, cfg.dim, device=self.device, dtype=self.dtype)

@@ -27,6 +27,10 @@ def save_model(model: VideoDiT, path: str | Path, extra: dict | None = None) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"config": model.cfg.to_json(), "format": "pomstream.model.v1"}
+    ae_digest = autoencoder_digest(model.cfg)
+    if ae_digest:  # a latent model is only valid with the autoencoder it was trained on
+        meta["autoencoder_digest"] = ae_digest
+        extra = {**(extra or {}), "autoencoder_digest": ae_digest}
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)  # atomic: a crash never leaves half a model under the real name
@@ -35,9 +39,20 @@ def save_model(model: VideoDiT, path: str | Path, extra: dict | None = None) -> 
     return path
 
 
-def read_config(path: str | Path) -> ModelConfig:
+def autoencoder_digest(cfg: ModelConfig) -> str | None:
+    """Hash of the weights of ``cfg``'s autoencoder; None when it has none (pixels)."""
+    from .autoencoder import build_autoencoder
+
+    return getattr(build_autoencoder(cfg), "digest", None)
+
+
+def _metadata(path: str | Path) -> dict:
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+        return f.metadata() or {}
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    meta = _metadata(path)
     if "config" not in meta:
         raise ValueError(f"{path} has no pomstream model config in its metadata")
     return ModelConfig.from_dict(json.loads(meta["config"]))
@@ -71,7 +86,12 @@ def load_model(spec: str | Path = "demo", device: str | torch.device = "cpu",
     else:
         if not path.exists():
             raise FileNotFoundError(f"model weights missing: {path}")
-        model = VideoDiT(read_config(path))
+        cfg = read_config(path)
+        trained_with = _metadata(path).get("autoencoder_digest")
+        if trained_with and trained_with != autoencoder_digest(cfg):
+            raise ValueError(f"{path} was trained with another {cfg.autoencoder!r} "
+                             f"autoencoder (weights {trained_with}) than the one installed")
+        model = VideoDiT(cfg)
         model.load_state_dict(load_file(str(path)))
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 

@@ -151,7 +151,7 @@ class Block(nn.Module):
         self.temporal = PoM(d, **pom_args, temporal_decay=cfg.temporal_decay,
                             decay_max=cfg.decay_max)
         hidden = int(d * cfg.mlp_ratio)
-        side = cfg.frame_size // cfg.patch
+        side = cfg.latent_shape[1] // cfg.patch
         self.mlp = MixFFN(d, hidden, side) if cfg.local_mixer else mlp(d, hidden)
         self.per_position = cfg.temporal_mixer == "per_position"
         self.positions = side * side
@@ -207,8 +207,9 @@ class VideoDiT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        d, p, c = cfg.dim, cfg.patch, cfg.channels
-        self.side = cfg.frame_size // p
+        d, p = cfg.dim, cfg.patch
+        c, size, _ = cfg.latent_shape
+        self.side = size // p
         self.patch_embed = nn.Linear(c * p * p, d)
         self.register_buffer("pos", sincos_2d(self.side, d).float(), persistent=False)
         self.t_embed = TimestepEmbedder(d)
@@ -243,7 +244,7 @@ class VideoDiT(nn.Module):
 
     def unpatchify(self, x: Tensor) -> Tensor:
         """(B, F, L, C*p*p) -> (B, F, C, H, W)."""
-        p, s, c = self.cfg.patch, self.side, self.cfg.channels
+        p, s, c = self.cfg.patch, self.side, self.cfg.latent_shape[0]
         x = x.unflatten(2, (s, s)).unflatten(4, (c, p, p))  # (B, F, s, s, C, p, p)
         return x.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
 

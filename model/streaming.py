@@ -207,9 +207,9 @@ class StreamGenerator:
         # the network pass of a frame: CUDA graphs per batch bucket on a GPU, eager on CPU
         self.frame_step = FrameStep(self.model, graphs=graphs)
         self.cfg = model.cfg
-        self.autoencoder = build_autoencoder(model.cfg)
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.autoencoder = build_autoencoder(model.cfg, self.device)
         # states accumulate over thousands of frames: keep them at least in float32
         self.state_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
         self._digest: str | None = None

@@ -117,7 +117,7 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     data = MovingDigits("train", size=cfg.frame_size)
-    ae = build_autoencoder(cfg)
+    ae = build_autoencoder(cfg, device)
     amp = device.type == "cuda"
     log = (out / "log.jsonl").open("a") if rank == 0 else None
     bar = tqdm(total=args.steps, initial=step, disable=rank != 0, desc="train", unit="step")

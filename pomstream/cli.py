@@ -62,6 +62,13 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _autoencoder_main(rest: list[str]) -> int:
+    from model.autoencoder import main as autoencoder_main
+
+    autoencoder_main(["train-autoencoder", *rest])
+    return 0
+
+
 def cmd_train(args) -> int:
     import torch
 
@@ -237,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("train-autoencoder", add_help=False,
+                       help="train the conv-f4 latent autoencoder (train-autoencoder --help)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda args: _autoencoder_main(args.rest))
+
     p = sub.add_parser("evaluate", help="score a model's videos (or one MP4) objectively")
     p.add_argument("--input", help="score this video file instead of generating")
     p.add_argument("--prompt", help="the prompt of --input")
@@ -269,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its own parsers (argparse's REMAINDER drops leading options)
         return cmd_bench(argv[1:])
+    if argv[:1] == ["train-autoencoder"]:
+        return _autoencoder_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
