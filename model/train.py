@@ -44,6 +44,10 @@ class TrainArgs:
     warmup: int = 100
     ema: float = 0.999
     prompt_dropout: float = 0.1
+    # every N-th step trains on single frames (batch x clip-frames of them) instead of
+    # clips: a first frame has no past to copy, only the prompt, and a clip holds just one;
+    # these steps give the same compute 8x more first frames (0: never)
+    image_every: int = 0
     seed: int = 0
     ckpt_every: int = 200
     keep_every: int = 0  # also keep model_step{N}.safetensors every N steps (0: never)
@@ -139,8 +143,10 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
     while step < args.steps:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, args)
-        x0, prompts = make_batch(data, ae, np_rng, args.batch, cfg.train_clip_frames,
-                                 args.prompt_dropout)
+        batch, frames = args.batch, cfg.train_clip_frames
+        if args.image_every and step % args.image_every == args.image_every - 1:
+            batch, frames = batch * frames, 1
+        x0, prompts = make_batch(data, ae, np_rng, batch, frames, args.prompt_dropout)
         x0 = x0.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             cond = model.encode_prompts(prompts) if world == 1 else net.module.encode_prompts(

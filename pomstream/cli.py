@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup", type=int)
+    p.add_argument("--image-every", dest="image_every", type=int,
+                   help="every N-th step trains on single frames instead of clips")
     p.add_argument("--seed", type=int)
     p.add_argument("--ckpt-every", dest="ckpt_every", type=int)
     p.add_argument("--keep-every", dest="keep_every", type=int)

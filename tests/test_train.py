@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -37,11 +38,12 @@ def raw_model(run) -> VideoDiT:
     return model.eval()
 
 
-def test_few_steps_lower_the_loss(tmp_path):
+@pytest.mark.parametrize("image_every", [0, 2])
+def test_few_steps_lower_the_loss(tmp_path, image_every):
     torch.manual_seed(0)
     before = fixed_loss(VideoDiT(CFG).eval())
     train(CFG, TrainArgs(out=str(tmp_path), steps=60, batch=8, lr=2e-3, warmup=5,
-                         ckpt_every=1000, log_every=10))
+                         ckpt_every=1000, log_every=10, image_every=image_every))
     after = fixed_loss(raw_model(tmp_path))
     assert after < 0.8 * before, (before, after)
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
