@@ -1,6 +1,7 @@
 """Video diffusion transformer with PoM token mixing (DiT-style, frame-causal).
 
-A clip (B, F, C, H, W) is cut into patches: L = (H/p)*(W/p) tokens a frame. Each block
+A clip (B, F, C, H, W), in the autoencoder's space (pixels or latents, see
+``ModelConfig.latent_shape``), is cut into patches: L = (H/p)*(W/p) tokens a frame. Each block
 has adaLN-zero modulation from a per-frame conditioning vector (noise level + prompt),
 an optional spatial PoM (each frame mixes only its own tokens), a temporal PoM (each
 frame mixes itself and earlier frames, mask ``"frame_causal"``), and an MLP.
