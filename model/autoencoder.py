@@ -12,13 +12,14 @@ the trainer never branch on it; ``ModelConfig.latent_shape`` gives its output sh
   easier job than a pixel one: a latent is smooth where a digit's 1-pixel strokes are
   not, and the decoder, not the DiT, draws the strokes.
 
-Another latent VAE plugs in by implementing the three members of :class:`Autoencoder`
-and registering itself here (and its shape in ``model.config.LATENTS``).
+Another latent VAE plugs in by implementing the three members of :class:`Autoencoder`,
+taking ``(cfg, device=...)`` in its constructor (``encode`` returns tensors on that
+device), and registering itself here (and its shape in ``model.config.LATENTS``).
 """
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import weights_digest
 from .config import ModelConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -53,8 +55,9 @@ class PixelAutoencoder:
     the channel three times.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, device: str | torch.device = "cpu"):
         self.channels, self.size = cfg.channels, cfg.frame_size
+        self.device = torch.device(device)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -68,7 +71,7 @@ class PixelAutoencoder:
             x = x.mean(-1, keepdim=True)
         elif x.shape[-1] == 1 and self.channels == 3:
             x = x.expand(*x.shape[:-1], 3)
-        return x.permute(0, 3, 1, 2) / 127.5 - 1.0
+        return (x.permute(0, 3, 1, 2) / 127.5 - 1.0).to(self.device)
 
     def decode(self, latents: Tensor) -> np.ndarray:
         x = ((latents.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
@@ -131,21 +134,17 @@ class ConvAutoencoder:
         if cfg.frame_size % self.FACTOR:
             raise ValueError(f"frame_size must be a multiple of {self.FACTOR}")
         self.size = cfg.frame_size
-        self.path = Path(path) if path else WEIGHTS_DIR / "autoencoder-conv-f4.safetensors"
-        self.net = load_conv_autoencoder(self.path).to(device)
+        path = Path(path) if path else WEIGHTS_DIR / "autoencoder-conv-f4.safetensors"
+        self.net = load_conv_autoencoder(path).to(device)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         side = self.size // self.FACTOR
         return (self.CHANNELS, side, side)
 
-    def to(self, device: str | torch.device) -> ConvAutoencoder:
-        self.net = self.net.to(device)
-        return self
-
     @property
     def digest(self) -> str:
-        return weights_hash(self.net)
+        return weights_digest(self.net)
 
     @torch.no_grad()
     def encode(self, frames: np.ndarray | Tensor) -> Tensor:
@@ -160,14 +159,6 @@ class ConvAutoencoder:
         x = torch.sigmoid(net.decode_logits(z))  # (B, 1, H, W)
         x = (x * 255.0).round().to(torch.uint8)[:, 0].cpu().numpy()
         return np.ascontiguousarray(np.repeat(x[..., None], 3, axis=-1))
-
-
-def weights_hash(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 _LOADED: dict[tuple[str, float], ConvNet] = {}
@@ -187,8 +178,6 @@ def load_conv_autoencoder(path: Path) -> ConvNet:
         net = ConvNet(**json.loads(meta.get("arch", "{}")))
         net.load_state_dict(load_file(str(path)))
         _LOADED[key] = net.eval().requires_grad_(False)
-    import copy
-
     return copy.deepcopy(_LOADED[key])
 
 
@@ -201,7 +190,7 @@ def build_autoencoder(cfg: ModelConfig, device: str | torch.device = "cpu") -> A
     except KeyError:
         raise ValueError(f"unknown autoencoder {cfg.autoencoder!r}; known: {list(AUTOENCODERS)}"
                          ) from None
-    return cls(cfg, device=device) if cls is ConvAutoencoder else cls(cfg)
+    return cls(cfg, device=device)
 
 
 # -- training the conv autoencoder -----------------------------------------------------------
@@ -261,12 +250,13 @@ def train_conv_autoencoder(out: Path, steps: int = 2000, batch: int = 64, lr: fl
     net.scale.copy_(z.std((0, 2, 3))[:, None, None])
     x = _frames(test_data, np.random.default_rng(seed + 1), 512)
     with torch.no_grad():
-        rec = torch.sigmoid(net.decode_logits(net.encode_raw(x)))
+        z = net.encode_raw(x)
+        rec = torch.sigmoid(net.decode_logits(z))
     report = {"steps": steps, "batch": batch, "train_seconds": round(time.time() - t0, 1),
               "test_mae_0_255": round(float((rec - x).abs().mean() * 255), 3),
               "test_mae_ink_0_255": round(float(((rec - x).abs() * (x > 0.25)).sum()
                                                 / (x > 0.25).sum() * 255), 3),
-              "latent_shape": [4, 16, 16], "width": width, "noise": noise,
+              "latent_shape": list(z.shape[1:]), "width": width, "noise": noise,
               "latent_penalty": latent_penalty}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -274,21 +264,18 @@ def train_conv_autoencoder(out: Path, steps: int = 2000, batch: int = 64, lr: fl
     save_file(tensors, str(tmp), metadata={"arch": json.dumps({"width": width}),
                                           "report": json.dumps(report)})
     tmp.replace(out)
-    report["digest"] = weights_hash(net)
+    report["digest"] = weights_digest(net)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``pomstream train-autoencoder [--steps N] [--out PATH]`` (``argv`` starts with
-    "train-autoencoder")."""
+    """``pomstream train-autoencoder [--steps N] [--out PATH] ...``."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="pomstream",
-                                 description="train the conv-f4 autoencoder")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    tr = sub.add_parser("train-autoencoder",
-                        help="train on Moving-digits frames and save the weights")
+    tr = argparse.ArgumentParser(prog="pomstream train-autoencoder",
+                                 description="train the conv-f4 autoencoder on Moving-digits "
+                                             "frames and save its weights")
     tr.add_argument("--steps", type=int, default=2000)
     tr.add_argument("--batch", type=int, default=64)
     tr.add_argument("--lr", type=float, default=2e-3)
@@ -296,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int, default=0)
     tr.add_argument("--out", default=str(WEIGHTS_DIR / "autoencoder-conv-f4.safetensors"))
-    args = ap.parse_args(argv)
+    args = tr.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     report = train_conv_autoencoder(Path(args.out), steps=args.steps, batch=args.batch,

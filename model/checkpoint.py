@@ -96,8 +96,9 @@ def load_model(spec: str | Path = "demo", device: str | torch.device = "cpu",
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def weights_digest(model: VideoDiT) -> str:
-    """Hash of the parameters: a session snapshot only restores into the same weights."""
+def weights_digest(model: torch.nn.Module) -> str:
+    """Hash of the parameters and buffers: a session snapshot only restores into the same
+    weights, a latent model only loads with the autoencoder it was trained on."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())

@@ -65,7 +65,7 @@ def cmd_generate(args) -> int:
 def _autoencoder_main(rest: list[str]) -> int:
     from model.autoencoder import main as autoencoder_main
 
-    autoencoder_main(["train-autoencoder", *rest])
+    autoencoder_main(rest)
     return 0
 
 
@@ -249,7 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-autoencoder", add_help=False,
                        help="train the conv-f4 latent autoencoder (train-autoencoder --help)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda args: _autoencoder_main(args.rest))
 
     p = sub.add_parser("evaluate", help="score a model's videos (or one MP4) objectively")
     p.add_argument("--input", help="score this video file instead of generating")
