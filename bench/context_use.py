@@ -32,8 +32,8 @@ def context_losses(model, clips: int = 16, frames: int = 8, levels=(0.5, 0.9),
                    seed: int = 0) -> dict:
     cfg = model.cfg
     data = MovingDigits("test", size=cfg.frame_size)
-    x0, prompts = make_batch(data, build_autoencoder(cfg), np.random.default_rng(seed), clips,
-                             frames, 0.0)
+    x0, prompts, _ = make_batch(data, build_autoencoder(cfg), np.random.default_rng(seed),
+                                clips, frames, 0.0)
     cond = model.encode_prompts(prompts)
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
 

@@ -6,6 +6,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields, replace
 
+from .prompts import PromptRules
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -39,9 +41,15 @@ class ModelConfig:
     # so a token can read what was at its place in earlier frames
     temporal_mixer: str = "global"
     decay_max: float = 0.9
-    # prompt encoder (bytes of the prompt, PoM with a padding mask, pooled into adaLN)
+    # prompt encoder: "bytes" (UTF-8 bytes, PoM with a padding mask, pooled into adaLN)
+    # or "digits" (the Moving-digits grammar read as a digit set and count; see
+    # model.prompts)
+    prompt_encoder: str = "bytes"
     prompt_dim: int = 64
     max_prompt_bytes: int = 64
+    # conditioning = LN(timestep embedding) + LN(prompt vector): both parts the same size
+    # in adaLN's input (without it the timestep embedding grows to ~20x the prompt's)
+    cond_norm: bool = False
     # diffusion
     timestep_shift: float = 1.0
     train_clip_frames: int = 12
@@ -70,9 +78,16 @@ class ModelConfig:
         return cls(**data)
 
     def fingerprint(self) -> str:
-        """Hash of the architecture (the name excluded: renaming changes nothing)."""
+        """Hash of the architecture (the name excluded: renaming changes nothing).
+
+        Fields added after a config format was in use are left out while they hold their
+        default, so models and snapshots made before they existed keep their fingerprint.
+        """
         data = asdict(self)
         data.pop("name")
+        for key, default in _ADDED_LATER.items():
+            if data.get(key) == default:
+                data.pop(key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def __post_init__(self):
@@ -86,6 +101,17 @@ class ModelConfig:
             raise ValueError("channels must be 1 or 3")
         if self.temporal_mixer not in ("global", "per_position"):
             raise ValueError("temporal_mixer must be 'global' or 'per_position'")
+        if self.prompt_encoder not in ("bytes", "digits"):
+            raise ValueError("prompt_encoder must be 'bytes' or 'digits'")
+
+    @property
+    def prompt_rules(self) -> PromptRules:
+        """What this model's prompt encoder accepts (torch-free, see model.prompts)."""
+        return PromptRules(self.prompt_encoder, self.max_prompt_bytes)
+
+
+# fields introduced after models were shipped, with the value that reproduces the old model
+_ADDED_LATER = {"prompt_encoder": "bytes", "cond_norm": False}
 
 
 # autoencoder name -> (downsampling factor, latent channels; None: the frame's channels);
@@ -113,9 +139,12 @@ REGISTRY: dict[str, ModelConfig] = {
     # speckled blobs, never strokes, and prompt accuracy stayed at 0.01; on the conv-f4
     # autoencoder's 4 x 16 x 16 latents, patch 2, the same 64 tokens a frame, see the
     # README's model card)
+    # (prompt_encoder, cond_norm: the byte encoder's prompt moved adaLN's input by 2-3%
+    # and the model drew the same scribble for every digit; see the README's model card)
     "pom-dit-demo": ModelConfig(name="pom-dit-demo", autoencoder="conv-f4", patch=2,
                                 coeff_init=0.1, train_clip_frames=8, local_mixer=True,
-                                temporal_mixer="per_position"),
+                                temporal_mixer="per_position", prompt_encoder="digits",
+                                cond_norm=True),
     # the paper's sizes (width / depth), on 64x64 inputs with patch 2 = 1,024 tokens a frame
     "pom-dit-s": ModelConfig(name="pom-dit-s", dim=384, depth=12, **_PAPER),
     "pom-dit-b": ModelConfig(name="pom-dit-b", dim=768, depth=12, **_PAPER),

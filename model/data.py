@@ -78,9 +78,10 @@ class MovingDigits:
         self.size, self.speed = size, speed
         self.min_digits, self.max_digits = min_digits, max_digits
 
-    def sample(self, rng: np.random.Generator, frames: int, digits: list[int] | None = None
-               ) -> Clip:
-        """One clip; ``digits`` picks which digits appear (random ones otherwise)."""
+    def sample(self, rng: np.random.Generator, frames: int, digits: list[int] | None = None,
+               starts: list[int] | None = None) -> Clip:
+        """One clip; ``digits`` picks which digits appear (random ones otherwise), and
+        ``starts`` the frame at which each first appears (all at frame 0 otherwise)."""
         if digits is None:
             n = int(rng.integers(self.min_digits, self.max_digits + 1))
             digits = [int(d) for d in rng.integers(0, 10, size=n)]
@@ -88,19 +89,42 @@ class MovingDigits:
         for d in digits:
             choices = np.flatnonzero(self.labels == d)
             images.append(self.images[rng.choice(choices)])
-        return Clip(self.render(rng, images, frames), digits, prompt_for(digits))
+        return Clip(self.render(rng, images, frames, starts), digits, prompt_for(digits))
 
-    def render(self, rng: np.random.Generator, images: list[np.ndarray], frames: int) -> np.ndarray:
+    def restoring(self, rng: np.random.Generator, frames: int) -> tuple[Clip, int]:
+        """A clip whose prompt must restore what its first frames lack: (clip, k).
+
+        From frame k on the clip is intact; before it, either one prompted digit is not
+        there yet (it appears at frame k) or the frames are blank or dimmed (times 0 to
+        0.5). Trained with frames < k as context, the model learns that the prompt
+        re-draws a digit the past lost, instead of copying a blank past forever.
+        """
+        k = int(rng.integers(1, frames)) if frames > 1 else 0
+        n = int(rng.integers(self.min_digits, self.max_digits + 1))
+        digits = [int(d) for d in rng.integers(0, 10, size=n)]
+        if rng.random() < 0.5:  # one digit appears at frame k
+            starts = [0] * n
+            starts[int(rng.integers(n))] = k
+            return self.sample(rng, frames, digits, starts), k
+        clip = self.sample(rng, frames, digits)
+        dim = 0.0 if rng.random() < 0.5 else float(rng.uniform(0.0, 0.5))
+        clip.frames[:k] = np.rint(clip.frames[:k] * dim).astype(np.uint8)
+        return clip, k
+
+    def render(self, rng: np.random.Generator, images: list[np.ndarray], frames: int,
+               starts: list[int] | None = None) -> np.ndarray:
         span = self.canvas - DIGIT
         out = np.zeros((frames, self.canvas, self.canvas), dtype=np.uint8)
-        for img in images:
+        for i, img in enumerate(images):
+            first = starts[i] if starts else 0
             pos = rng.uniform(0, span, size=2)
             angle = rng.uniform(0, 2 * np.pi)
             vel = rng.uniform(*self.speed) * np.array([np.cos(angle), np.sin(angle)])
             for f in range(frames):
                 y, x = np.rint(pos).astype(int)
-                view = out[f, y : y + DIGIT, x : x + DIGIT]
-                np.maximum(view, img, out=view)
+                if f >= first:
+                    view = out[f, y : y + DIGIT, x : x + DIGIT]
+                    np.maximum(view, img, out=view)
                 pos = pos + vel
                 for k in range(2):  # bounce off the edges
                     if pos[k] < 0 or pos[k] > span:

@@ -13,6 +13,7 @@ random prefix almost clean, which is exactly the situation of streaming generati
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -24,32 +25,73 @@ def add_noise(x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
     return (1 - t) * x0 + t * eps
 
 
+@dataclass(frozen=True)
+class NoiseLevels:
+    """How training draws each frame's noise level (diffusion forcing).
+
+    A level is logit-normal (location ``mean``, scale ``std``: dense where denoising is
+    learnt) or, with probability ``uniform``, uniform on [0, 1] (a logit-normal alone
+    almost never draws t near 1, where every sampler starts). With probability
+    ``clean_prefix_prob`` a clip keeps a random prefix of frames nearly clean (t below
+    ``clean_level``): the situation of streaming, clean past and noisy present. Those
+    prefix frames are context: with ``context_loss`` False they are inputs only and carry
+    no loss (the sampler never asks the model to denoise at t < ``clean_level``).
+    """
+
+    mean: float = 0.0
+    std: float = 1.0
+    uniform: float = 0.5
+    clean_prefix_prob: float = 0.5
+    clean_level: float = 0.05
+    context_loss: bool = True
+
+    def sample(self, batch: int, frames: int, generator: torch.Generator | None = None,
+               prefix: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(levels (B, F), context (B, F) bool: the frames of a clean prefix).
+
+        ``prefix`` (B,) forces each clip's clean-prefix length (0: none; -1: drawn as
+        usual), for clips whose first frames are context by construction.
+        """
+        logit_normal = torch.sigmoid(self.mean + self.std * torch.randn(batch, frames,
+                                                                        generator=generator))
+        uniform = torch.rand(batch, frames, generator=generator)
+        pick = torch.rand(batch, frames, generator=generator) < self.uniform
+        t = torch.where(pick, uniform, logit_normal)
+        drawn = torch.randint(0, frames, (batch,), generator=generator)
+        use = torch.rand(batch, generator=generator) < self.clean_prefix_prob
+        length = torch.where(use, drawn, torch.zeros_like(drawn))
+        if prefix is not None:
+            length = torch.where(prefix >= 0, prefix.to(length), length)
+        context = torch.arange(frames)[None] < length[:, None]  # (B, F)
+        low = torch.rand(batch, frames, generator=generator) * self.clean_level
+        return torch.where(context, low, t), context
+
+
 def sample_levels(batch: int, frames: int, generator: torch.Generator | None = None,
                   clean_prefix_prob: float = 0.5, clean_level: float = 0.05) -> Tensor:
-    """Per-frame noise levels (B, F) for diffusion-forcing training.
+    """Per-frame noise levels (B, F) as :class:`NoiseLevels` draws them by default."""
+    levels = NoiseLevels(clean_prefix_prob=clean_prefix_prob, clean_level=clean_level)
+    return levels.sample(batch, frames, generator)[0]
 
-    Half the levels are logit-normal (dense in the middle, where denoising is learnt) and
-    half uniform: a logit-normal alone almost never draws t near 1, where every sampler
-    starts, and a small model then fails on its very first step.
+
+def flow_loss(model, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None,
+              levels: NoiseLevels | None = None, prefix: Tensor | None = None) -> Tensor:
+    """Mean squared error of the predicted velocity; x0 (B, F, C, H, W), cond (B, D).
+
+    The mean is over the frames that carry loss (all of them, or without context frames
+    when ``levels.context_loss`` is False); ``prefix`` as in :meth:`NoiseLevels.sample`.
     """
-    logit_normal = torch.sigmoid(torch.randn(batch, frames, generator=generator))
-    uniform = torch.rand(batch, frames, generator=generator)
-    t = torch.where(torch.rand(batch, frames, generator=generator) < 0.5, logit_normal, uniform)
-    prefix = torch.randint(0, frames, (batch, 1), generator=generator)
-    use = torch.rand(batch, 1, generator=generator) < clean_prefix_prob
-    before = torch.arange(frames)[None] < prefix
-    low = torch.rand(batch, frames, generator=generator) * clean_level
-    return torch.where(use & before, low, t)
-
-
-def flow_loss(model, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None
-              ) -> Tensor:
-    """Mean squared error of the predicted velocity; x0 (B, F, C, H, W), cond (B, D)."""
+    levels = levels or NoiseLevels()
     B, n_frames = x0.shape[:2]
-    t = sample_levels(B, n_frames, generator).to(x0.device)
+    t, context = levels.sample(B, n_frames, generator, prefix)
+    t, context = t.to(x0.device), context.to(x0.device)
     eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
     v = model(add_noise(x0, eps, t), t, cond)
-    return torch.mean((v.float() - (eps - x0).float()) ** 2)
+    err = ((v.float() - (eps - x0).float()) ** 2).flatten(2).mean(2)  # (B, F)
+    if levels.context_loss:
+        return err.mean()
+    weight = (~context).float()
+    return (err * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def shifted(t: Tensor, shift: float) -> Tensor:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .pom import PoM, PoMState
+from .prompts import MAX_DIGITS, parse_digit_prompt
 
 
 def sincos_1d(positions: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -90,7 +91,7 @@ class PromptEncoder(nn.Module):
         self.register_buffer("pos", sincos_1d(torch.arange(self.max_bytes), d).float(),
                              persistent=False)
         self.norm1 = nn.LayerNorm(d)
-        self.mixer = PoM(d, cfg.degree, cfg.expand, n_sel_heads=1)
+        self.mixer = PoM(d, cfg.degree, cfg.expand, n_sel_heads=1, coeff_init=cfg.coeff_init)
         self.norm2 = nn.LayerNorm(d)
         self.mlp = mlp(d, 4 * d)
         self.out = nn.Linear(d, cfg.dim)
@@ -116,6 +117,40 @@ class PromptEncoder(nn.Module):
         w = mask.to(x.dtype)[..., None]
         pooled = (x * w).sum(1) / w.sum(1).clamp_min(1)  # (B, d)
         return self.out(pooled)  # (B, D)
+
+
+class DigitPromptEncoder(nn.Module):
+    """A Moving-digits prompt ("digits 3 and 7") -> one conditioning vector (B, D).
+
+    The prompt is parsed by :func:`model.prompts.parse_digit_prompt` (anything outside
+    its grammar is a :class:`~model.prompts.PromptError`) into how often each digit is
+    named and how many digits there are; each digit and the count have a learned vector,
+    their sum goes through an MLP. The empty prompt (count 0) is the unconditional input.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.prompt_dim
+        self.digit = nn.Embedding(10, d)
+        self.count = nn.Embedding(MAX_DIGITS + 1, d)
+        self.mlp = mlp(d, 4 * d, cfg.dim)
+
+    def features(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """(how often each digit is named (B, 10) float, digit count (B,) long)."""
+        counts = torch.zeros(len(prompts), 10)
+        for i, text in enumerate(prompts):
+            for digit in parse_digit_prompt(text):
+                counts[i, digit] += 1
+        return counts, counts.sum(1).long()
+
+    def forward(self, prompts: list[str]) -> Tensor:
+        counts, n = self.features(prompts)
+        w = self.digit.weight
+        x = counts.to(w) @ w + self.count(n.to(w.device))  # (B, d)
+        return self.mlp(x)  # (B, D)
+
+
+PROMPT_ENCODERS = {"bytes": PromptEncoder, "digits": DigitPromptEncoder}
 
 
 class MixFFN(nn.Module):
@@ -214,7 +249,7 @@ class VideoDiT(nn.Module):
         self.patch_embed = nn.Linear(c * p * p, d)
         self.register_buffer("pos", sincos_2d(self.side, d).float(), persistent=False)
         self.t_embed = TimestepEmbedder(d)
-        self.prompt = PromptEncoder(cfg)
+        self.prompt = PROMPT_ENCODERS[cfg.prompt_encoder](cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Linear(d, 2 * d)
@@ -286,7 +321,10 @@ class VideoDiT(nn.Module):
     def _run(self, x: Tensor, t: Tensor, cond: Tensor, states: list[PoMState] | None):
         dtype = self.patch_embed.weight.dtype
         h = self.patch_embed(self.patchify(x.to(dtype))) + self.pos.to(dtype)  # (B, F, L, D)
-        c = self.t_embed(t) + cond[:, None].to(dtype)  # (B, F, D)
+        c_t, c_p = self.t_embed(t), cond[:, None].to(dtype)  # (B, F, D), (B, 1, D)
+        if self.cfg.cond_norm:  # both parts the same size, however the embeddings grow
+            c_t, c_p = F.layer_norm(c_t, c_t.shape[-1:]), F.layer_norm(c_p, c_p.shape[-1:])
+        c = c_t + c_p  # (B, F, D)
         new_states = []
         for i, blk in enumerate(self.blocks):
             h, st = blk(h, c, None if states is None else states[i])  # (B, F, L, D)
@@ -295,6 +333,3 @@ class VideoDiT(nn.Module):
         out = self.final(modulate(self.final_norm(h), shift, scale))  # (B, F, L, C*p*p)
         return self.unpatchify(out), new_states  # (B, F, C, H, W)
 
-
-def build_model(cfg: ModelConfig) -> VideoDiT:
-    return VideoDiT(cfg)

@@ -344,13 +344,16 @@ def _prompts(prompts_or_n: int | Sequence[str], seed: int) -> list[tuple[str, li
 def evaluate_generator(generator, prompts_or_n: int | Sequence[str], frames: int = 1000,
                        windows: Sequence[tuple[int, int]] = ((0, 20), (980, 1000)),
                        seed: int = 0, progress: bool = True,
-                       classifier: DigitClassifier | None = None, **gen_params) -> dict:
+                       classifier: DigitClassifier | None = None, by_digits_report: bool = False,
+                       **gen_params) -> dict:
     """Stream videos from ``generator`` and score windows of frames [start, end).
 
     ``prompts_or_n`` is a list of prompts or a number of random digit sets; video i gets
     seed ``seed + i``. All sessions advance together through ``generator.step`` (one
     batched call per frame); only the frames inside a window are kept. ``gen_params``
-    (steps, sampler, guidance, ...) go to ``generator.session``.
+    (steps, sampler, guidance, ...) go to ``generator.session``. With
+    ``by_digits_report``, ``prompt_accuracy_by_digits`` gives each window's prompt accuracy
+    by the number of distinct digits asked for ("1", "2", "3").
     """
     windows = [(int(a), int(b)) for a, b in windows]
     for a, b in windows:
@@ -372,10 +375,18 @@ def evaluate_generator(generator, prompts_or_n: int | Sequence[str], frames: int
                 for video, frame in zip(videos, out, strict=True):
                     video.append(np.array(frame))  # a copy: the batch may be reused
     result: dict = {}
+    by_digits: dict = {}  # prompt accuracy by how many digits the prompt asks for
+    counts = [len(set(digits)) for _, digits in pairs]
     for (a, b), videos in kept.items():
-        result[f"window_{a}_{b}"] = average_scores(
-            score_video(np.stack(v), digits, classifier)
-            for v, (_, digits) in zip(videos, pairs, strict=True))
+        scores = [score_video(np.stack(v), digits, classifier)
+                  for v, (_, digits) in zip(videos, pairs, strict=True)]
+        result[f"window_{a}_{b}"] = average_scores(scores)
+        by_digits[f"window_{a}_{b}"] = {
+            str(n): average_scores(s for s, c in zip(scores, counts, strict=True) if c == n
+                                   )["prompt_accuracy"]
+            for n in sorted(set(counts))}
+    if by_digits_report:
+        result["prompt_accuracy_by_digits"] = by_digits
     result.update(videos=len(sessions), frames=last)
     return result
 

@@ -266,19 +266,65 @@ class StreamGenerator:
         x = torch.stack([torch.randn(shape, generator=s.rng) for s in sessions])
         return x.to(self.device, self.dtype)
 
-    def _step_group(self, sessions: list[StreamSession]) -> np.ndarray:
-        p, n, step = sessions[0].params, len(sessions), self.frame_step
+    @torch.no_grad()
+    def fold(self, sessions: list[StreamSession], frames: np.ndarray) -> None:
+        """Fold given frames into the sessions' pasts, as if each session had made them.
+
+        ``frames`` is uint8 (n, H, W) gray or (n, H, W, 3), one frame per session (same
+        sampler settings); each is encoded and folded in at noise level
+        ``context_noise``. The sessions' random streams are not touched. Used to start
+        from real or edited frames (e.g. the evaluation's blank-past test).
+        """
+        if len(frames) != len(sessions) or len({s.params.batch_key() for s in sessions}) > 1:
+            raise ValueError("fold needs one frame per session and one sampler setting")
+        gray = np.asarray(frames)
+        if gray.ndim == 4:
+            gray = gray[..., :3].mean(-1).round().astype(np.uint8)
+        x0 = self.autoencoder.encode(gray).to(self.device, self.dtype)  # (n, C, h, w)
+        cond, states = self._group_inputs(sessions)
+        self._fold_latents(sessions, x0, cond, states)
+
+    def _group_inputs(self, sessions: list[StreamSession]) -> tuple[Tensor, list[PoMState]]:
+        """Conditioning and states of a group; with guidance, conditional rows first and
+        then unconditional ones (2n rows)."""
+        n = len(sessions)
         cond = torch.cat([s._cond for s in sessions])  # (n, D)
+
         def stacked(attr: str) -> list[PoMState]:
             return [PoMState.cat(layer)
                     for layer in zip(*(getattr(s, attr) for s in sessions), strict=True)]
 
         states = stacked("states")
-        x = self._noise(sessions)  # (n, C, H, W)
-        if p.uses_cfg:  # conditional rows first, then unconditional ones
+        if sessions[0].params.uses_cfg:
             cond = torch.cat([cond, self.encode_prompt("").expand(n, -1)])  # (2n, D)
             states = [PoMState.cat([a, b])
                       for a, b in zip(states, stacked("states_uncond"), strict=True)]
+        return cond, states
+
+    def _fold_latents(self, sessions: list[StreamSession], x0: Tensor, cond: Tensor,
+                      states: list[PoMState]) -> None:
+        """Fold finished frames x0 (n, C, h, w) into the sessions' states (at noise level
+        context_noise) and advance their frame index."""
+        p, n = sessions[0].params, len(sessions)
+        ctx = x0
+        if p.context_noise > 0:
+            ctx = (1 - p.context_noise) * x0 + p.context_noise * self._noise(sessions)
+        reps = 2 if p.uses_cfg else 1
+        t_ctx = torch.full((n * reps,), p.context_noise, device=self.device, dtype=self.dtype)
+        _, new = self.frame_step(ctx.repeat(reps, 1, 1, 1), t_ctx, cond, states)
+        per_session = list(zip(*(st.split() for st in new), strict=True))  # [reps*n][depth]
+        for i, s in enumerate(sessions):
+            s.states = [st.to_dtype(self.state_dtype) for st in per_session[i]]
+            if p.uses_cfg:
+                s.states_uncond = [st.to_dtype(self.state_dtype) for st in per_session[n + i]]
+            s.frame_index += 1
+            s.last_latent = x0[i]
+
+    def _step_group(self, sessions: list[StreamSession]) -> np.ndarray:
+        p, step = sessions[0].params, self.frame_step
+        cond, states = self._group_inputs(sessions)
+        x = self._noise(sessions)  # (n, C, H, W)
+        if p.uses_cfg:
             scale = torch.tensor([s.params.guidance for s in sessions], device=self.device)
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
@@ -289,20 +335,7 @@ class StreamGenerator:
             return guided(v_cond, v_uncond, scale)
 
         x0 = make_sampler(p.sampler, p.steps, self.cfg.timestep_shift).sample(velocity, x)
-        # fold the finished frame into the states (at noise level context_noise)
-        ctx = x0
-        if p.context_noise > 0:
-            ctx = (1 - p.context_noise) * x0 + p.context_noise * self._noise(sessions)
-        reps = 2 if p.uses_cfg else 1
-        t_ctx = torch.full((n * reps,), p.context_noise, device=self.device, dtype=self.dtype)
-        _, new = step(ctx.repeat(reps, 1, 1, 1), t_ctx, cond, states)
-        per_session = list(zip(*(st.split() for st in new), strict=True))  # [reps*n][depth]
-        for i, s in enumerate(sessions):
-            s.states = [st.to_dtype(self.state_dtype) for st in per_session[i]]
-            if p.uses_cfg:
-                s.states_uncond = [st.to_dtype(self.state_dtype) for st in per_session[n + i]]
-            s.frame_index += 1
-            s.last_latent = x0[i]
+        self._fold_latents(sessions, x0, cond, states)
         return self.autoencoder.decode(x0)
 
     def generate(self, prompt: str, frames: int, seed: int = 0, **params) -> Iterator[np.ndarray]:

@@ -18,8 +18,10 @@ import copy
 import json
 import math
 import os
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ from .autoencoder import build_autoencoder
 from .checkpoint import save_model
 from .config import ModelConfig
 from .data import MovingDigits
-from .diffusion import flow_loss
+from .diffusion import NoiseLevels, flow_loss
 from .dit import VideoDiT
 
 
@@ -44,10 +46,24 @@ class TrainArgs:
     warmup: int = 100
     ema: float = 0.999
     prompt_dropout: float = 0.1
-    # every N-th step trains on single frames (batch x clip-frames of them) instead of
-    # clips: a first frame has no past to copy, only the prompt, and a clip holds just one;
-    # these steps give the same compute 8x more first frames (0: never)
+    # every N-th step trains on single frames (image_batch of them) instead of clips: a
+    # first frame has no past to copy, only the prompt, and a clip holds just one; these
+    # steps give the same compute 8x more first frames (0: never)
     image_every: int = 0
+    # the first image_steps steps train on single frames only (phase 1: learn to draw the
+    # prompt), the rest on clips (with image_every); one schedule, resumable anywhere
+    image_steps: int = 0
+    image_batch: int = 0  # single frames per image step (0: batch x clip frames)
+    # fraction of clips that are restoring clips (model.data.MovingDigits.restoring): a
+    # digit appears mid-clip, or the first frames are blank or dimmed; those frames are
+    # context (see NoiseLevels)
+    restore: float = 0.0
+    # noise levels (model.diffusion.NoiseLevels): logit-normal location/scale, uniform
+    # fraction; context_loss False: no loss on the near-clean context frames
+    t_mean: float = 0.0
+    t_std: float = 1.0
+    t_uniform: float = 0.5
+    context_loss: bool = True
     seed: int = 0
     ckpt_every: int = 200
     keep_every: int = 0  # also keep model_step{N}.safetensors every N steps (0: never)
@@ -82,13 +98,43 @@ def _lr_at(step: int, args: TrainArgs) -> float:
 
 
 def make_batch(data: MovingDigits, ae, rng: np.random.Generator, batch: int, frames: int,
-               prompt_dropout: float) -> tuple[torch.Tensor, list[str]]:
-    clips = data.batch(rng, batch, frames)
+               prompt_dropout: float, restore: float = 0.0
+               ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """(latents (B, F, C, h, w), prompts, prefix (B,)): ``prefix`` is the number of
+    leading context frames of a restoring clip, -1 for an ordinary clip."""
+    clips, prefix = [], []
+    for _ in range(batch):
+        if frames > 1 and restore and rng.random() < restore:
+            clip, k = data.restoring(rng, frames)
+        else:
+            clip, k = data.sample(rng, frames), -1
+        clips.append(clip)
+        prefix.append(k)
     video = np.stack([c.frames for c in clips])  # (B, F, H, W) uint8
     x0 = ae.encode(video.reshape(-1, *video.shape[2:]))  # (B*F, C, H, W)
     x0 = x0.unflatten(0, (batch, frames))  # (B, F, C, H, W)
     prompts = ["" if rng.random() < prompt_dropout else c.prompt for c in clips]
-    return x0, prompts
+    return x0, prompts, torch.tensor(prefix)
+
+
+def step_shape(step: int, args: TrainArgs, clip_frames: int) -> tuple[int, int]:
+    """(batch, frames) of training step ``step``: single frames or clips."""
+    images = args.image_batch or args.batch * clip_frames
+    if step < args.image_steps:
+        return images, 1
+    if args.image_every and step % args.image_every == args.image_every - 1:
+        return images, 1
+    return args.batch, clip_frames
+
+
+def noise_levels(args: TrainArgs) -> NoiseLevels:
+    return NoiseLevels(mean=args.t_mean, std=args.t_std, uniform=args.t_uniform,
+                       context_loss=args.context_loss)
+
+
+# options that change nothing about what is trained: they may differ on --resume
+_RUN_OPTIONS = {"out", "steps", "ckpt_every", "keep_every", "log_every", "eval_every",
+                "eval_videos", "device", "resume", "max_minutes"}
 
 
 def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
@@ -113,6 +159,12 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
         step, elapsed_before = st["step"], st.get("elapsed", 0.0)
+        changed = {k: (v, getattr(args, k)) for k, v in st.get("args", {}).items()
+                   if k not in _RUN_OPTIONS and getattr(args, k, v) != v}
+        if changed and rank == 0:  # allowed (a recipe may change mid-run), but recorded
+            tqdm.write(f"resuming at step {step} with changed options: {changed}")
+            with (out / "log.jsonl").open("a") as f:
+                f.write(json.dumps({"step": step, "changed": changed}) + "\n")
         np_rng.bit_generator.state = st["np_rng"][rank] if rank < len(st["np_rng"]) else \
             np_rng.bit_generator.state
         t_rng.set_state(st["t_rng"])
@@ -137,21 +189,23 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
         tmp = state_path.with_suffix(".tmp")
         torch.save({"config": cfg.to_json(), "model": model.state_dict(), "ema": ema.state_dict(),
                     "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                    "args": asdict(args),
                     "np_rng": [np_rng.bit_generator.state], "t_rng": t_rng.get_state()}, tmp)
         tmp.replace(state_path)
 
-    while step < args.steps:
+    levels = noise_levels(args)
+    stop = _StopSignal()
+    while step < args.steps and not stop.requested:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, args)
-        batch, frames = args.batch, cfg.train_clip_frames
-        if args.image_every and step % args.image_every == args.image_every - 1:
-            batch, frames = batch * frames, 1
-        x0, prompts = make_batch(data, ae, np_rng, batch, frames, args.prompt_dropout)
+        batch, frames = step_shape(step, args, cfg.train_clip_frames)
+        x0, prompts, prefix = make_batch(data, ae, np_rng, batch, frames, args.prompt_dropout,
+                                         args.restore)
         x0 = x0.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             cond = model.encode_prompts(prompts) if world == 1 else net.module.encode_prompts(
                 prompts)
-            loss = flow_loss(net, x0, cond, t_rng)
+            loss = flow_loss(net, x0, cond, t_rng, levels, prefix)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -183,13 +237,36 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
         if args.max_minutes and time.time() - t_start > args.max_minutes * 60:
             bar.write(f"time limit reached at step {step}")
             break
+    if stop.requested:
+        bar.write(f"stopped by signal at step {step}; --resume continues from here")
     checkpoint()
+    stop.restore()
     bar.close()
     if evaluate_fn and rank == 0 and args.eval_videos:
         _log_eval(log, step, evaluate_fn(ema, args.eval_videos))
     if world > 1:
         dist.destroy_process_group()
     return out / "model.safetensors"
+
+
+class _StopSignal:
+    """SIGTERM / SIGINT ask the loop to stop after the current step and checkpoint."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def _log_eval(log, step: int, scores: dict) -> None:

@@ -112,8 +112,25 @@ def cmd_evaluate(args) -> int:
         last = args.frames
         windows = ((0, min(20, last)),) + (((last - 20, last),) if last > 40 else ())
         scores = ev.evaluate_generator(gen, args.videos, frames=last, windows=windows,
-                                       seed=args.seed, **_gen_params(args))
+                                       seed=args.seed, by_digits_report=True,
+                                       **_gen_params(args))
         scores["reference"] = ev.reference_scores(videos=args.videos, seed=args.seed)
+    text = json.dumps(scores, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from model.probes import run_probes
+
+    gen = _load_generator(args)
+    start = time.perf_counter()
+    scores = run_probes(gen, seeds=args.seeds, stream_videos=args.streams,
+                        stream_frames=args.stream_frames, **_gen_params(args))
+    scores["model"] = str(args.model)
+    scores["total_seconds"] = round(time.perf_counter() - start, 1)
     text = json.dumps(scores, indent=2)
     print(text)
     if args.json:
@@ -233,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int)
     p.add_argument("--image-every", dest="image_every", type=int,
                    help="every N-th step trains on single frames instead of clips")
+    p.add_argument("--image-steps", dest="image_steps", type=int,
+                   help="the first N steps train on single frames only (phase 1)")
+    p.add_argument("--image-batch", dest="image_batch", type=int,
+                   help="single frames per image step (default: batch x clip frames)")
+    p.add_argument("--restore", type=float,
+                   help="fraction of clips whose prompt must restore a lost/new digit")
+    p.add_argument("--t-mean", dest="t_mean", type=float,
+                   help="noise levels: logit-normal location (higher: noisier)")
+    p.add_argument("--t-std", dest="t_std", type=float, help="noise levels: logit-normal scale")
+    p.add_argument("--t-uniform", dest="t_uniform", type=float,
+                   help="noise levels: fraction drawn uniformly on [0, 1]")
+    p.add_argument("--context-loss", dest="context_loss", action=argparse.BooleanOptionalAction,
+                   default=None, help="train on the near-clean context frames too")
     p.add_argument("--seed", type=int)
     p.add_argument("--ckpt-every", dest="ckpt_every", type=int)
     p.add_argument("--keep-every", dest="keep_every", type=int)
@@ -249,6 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-autoencoder", add_help=False,
                        help="train the conv-f4 latent autoencoder (train-autoencoder --help)")
     p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("probe", help="quick checks of a model: first frames, two digits, "
+                       "recovery from a blank past (and streams)")
+    p.add_argument("--seeds", type=int, default=8, help="seeds per single-digit prompt")
+    p.add_argument("--streams", type=int, default=0, help="also score this many streams")
+    p.add_argument("--stream-frames", dest="stream_frames", type=int, default=300)
+    p.add_argument("--json", help="also write the scores to this file")
+    _gen_args(p)
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("evaluate", help="score a model's videos (or one MP4) objectively")
     p.add_argument("--input", help="score this video file instead of generating")

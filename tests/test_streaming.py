@@ -16,14 +16,16 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("spatial,decay,local,temporal", [
-    (True, True, True, "per_position"), (False, False, False, "global"),
-    (True, True, False, "global"), (False, False, True, "per_position")])
-def test_step_equals_parallel_forward(spatial, decay, local, temporal):
+@pytest.mark.parametrize("spatial,decay,local,temporal,digits", [
+    (True, True, True, "per_position", False), (False, False, False, "global", False),
+    (True, True, False, "global", False), (False, False, True, "per_position", False),
+    (True, True, True, "per_position", True)])
+def test_step_equals_parallel_forward(spatial, decay, local, temporal, digits):
     """Frame f streamed against the states of frames < f (clean, t=0) equals the parallel
     frame-causal forward over the clip with those frames at t=0 and frame f at its level."""
+    extra = dict(prompt_encoder="digits", cond_norm=True) if digits else {}
     model = randomized_model(spatial_mixer=spatial, temporal_decay=decay, local_mixer=local,
-                             temporal_mixer=temporal)
+                             temporal_mixer=temporal, **extra)
     cfg = model.cfg
     B, nf = 2, 5
     x = torch.randn(B, nf, cfg.channels, cfg.frame_size, cfg.frame_size, dtype=torch.float64)

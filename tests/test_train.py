@@ -25,8 +25,8 @@ CFG = get_config("pom-dit-tiny")
 def fixed_loss(model: VideoDiT) -> float:
     """Loss on one fixed batch with fixed noise: comparable between models."""
     data = MovingDigits("test", size=CFG.frame_size)
-    x0, prompts = make_batch(data, build_autoencoder(CFG), np.random.default_rng(0), 16,
-                             CFG.train_clip_frames, 0.0)
+    x0, prompts, _ = make_batch(data, build_autoencoder(CFG), np.random.default_rng(0), 16,
+                                CFG.train_clip_frames, 0.0)
     with torch.no_grad():
         return flow_loss(model, x0, model.encode_prompts(prompts),
                          torch.Generator().manual_seed(0)).item()
