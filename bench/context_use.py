@@ -10,7 +10,7 @@ The same loss of frame 0 (no past) with the clip's own prompt, another clip's pr
 and the empty prompt says whether the prompt reaches the frame: a model that draws the
 asked digits must do measurably better with its own prompt.
 
-    python -m bench.context_use --model demo --json bench/results/context-use-demo.json
+    python -m pomstream.bench.context_use --model demo --json bench/results/context-use-demo.json
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import argparse
 import numpy as np
 import torch
 
-from bench.machine import write_json
-from model.autoencoder import build_autoencoder
-from model.checkpoint import load_model
-from model.data import MovingDigits
-from model.train import make_batch
+from pomstream.bench.machine import write_json
+from pomstream.model.autoencoder import build_autoencoder
+from pomstream.model.checkpoint import load_model
+from pomstream.model.data import MovingDigits
+from pomstream.model.train import make_batch
 
 
 @torch.no_grad()
@@ -59,7 +59,7 @@ def context_losses(model, clips: int = 16, frames: int = 8, levels=(0.5, 0.9),
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.context_use", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m pomstream.bench.context_use", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="demo", help="'demo', a .safetensors file or a run")
     p.add_argument("--clips", type=int, default=16)

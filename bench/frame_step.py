@@ -7,8 +7,8 @@ a frame step around frame 10 and around the last frame, with the state bytes per
 session. Every frame step is a whole frame: ``steps`` sampler evaluations plus the pass
 that folds the finished frame into the state.
 
-    python -m bench.frame_step --model demo --frames 1000
-    python -m bench.frame_step --model pom-dit-xl --device cuda --dtype bfloat16 --sessions 8
+    pomstream bench frame-step --model demo --frames 1000
+    pomstream bench frame-step --model pom-dit-xl --device cuda --dtype bfloat16 --sessions 8
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from bench.machine import describe, sync, write_json
-from model import StreamGenerator, load_model
+from pomstream.bench.machine import describe, sync, write_json
+from pomstream.model import StreamGenerator, load_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a lent GPU should check and time, in one run, results under $OUT:
 #   1. the kernel and frame-step tests on CUDA (tests/test_kernels.py, test_frame_step.py);
-#   2. `python -m bench.kernels` (layer, context, frame step, streaming, training) -> JSON.
+#   2. `python -m pomstream.bench.kernels` (layer, context, frame step, streaming, training) -> JSON.
 # Runs with the GPU machine's own python3 (torch + triton; nothing else needed).
 #   bash bench/gpu_check.sh --sections layer context            # one device call
 #   bash bench/gpu_check.sh --sections frame_step streaming train  # another
@@ -23,6 +23,6 @@ card=$(python3 -c 'import torch; print(torch.cuda.get_device_name().split()[1].l
 # the sweep for a short device budget; arguments given here come after it and win
 args=(--tokens 1024 4096 16384 65536 131072 --compile-batches 1 --compile-tokens 1024 65536
       --stream-frames 1000 100 --reps 10 "$@")
-python3 -m bench.kernels --json "$OUT/kernels-$card.json" "${args[@]}" 2>&1 \
+python3 -m pomstream.bench.kernels --json "$OUT/kernels-$card.json" "${args[@]}" 2>&1 \
   | tee "$OUT/kernels-$card.log"
 exit "$status"

@@ -1,7 +1,7 @@
 """PoM kernels and GPU frame step against their baselines: one command, a table, JSON.
 
-    python -m bench.kernels --json bench/results/kernels-<card>.json   # on a GPU, bf16
-    python -m bench.kernels --quick                                    # CPU smoke run
+    python -m pomstream.bench.kernels --json bench/results/kernels-<card>.json   # on a GPU, bf16
+    python -m pomstream.bench.kernels --quick                                    # CPU smoke run
     pomstream bench kernels ...                                        # the same
 
 Sections (``--sections``, all by default), every number a median of timed repeats
@@ -47,13 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.frame_step import DTYPES, run_model
-from bench.machine import describe, sync, write_json
-from kernels import dispatch
-from model.config import get_config
-from model.dit import VideoDiT
-from model.frame_step import FrameStep
-from model.pom import PoM, PoMState
+from pomstream.bench.frame_step import DTYPES, run_model
+from pomstream.bench.machine import describe, sync, write_json
+from pomstream.kernels import dispatch
+from pomstream.model.config import get_config
+from pomstream.model.dit import VideoDiT
+from pomstream.model.frame_step import FrameStep
+from pomstream.model.pom import PoM, PoMState
 
 SECTIONS = ("layer", "context", "frame_step", "streaming", "train")
 
@@ -292,7 +292,7 @@ class Bench:
 
     # -- streaming -------------------------------------------------------------------------
     def streaming(self) -> list[dict]:
-        from model.streaming import StreamGenerator
+        from pomstream.model.streaming import StreamGenerator
 
         a = self.args
         model = self.xl_model()

@@ -13,8 +13,8 @@ Without ``--url`` it starts ``pomstream serve`` itself (in-process queue, the gi
 and ``--max-sessions`` as large as the largest N) and stops it at the end. Against another
 server, its ``POMSTREAM_MAX_ACTIVE_PER_KEY`` must allow the largest N for the key used.
 
-    python -m bench.streams --streams 1 8 32 --seconds 20 --json bench/results/streams-cpu.json
-    python -m bench.streams --url http://gpu-box:8000 --api-key $KEY --streams 1 8 32
+    pomstream bench streams --streams 1 8 32 --seconds 20 --json bench/results/streams-cpu.json
+    pomstream bench streams --url http://gpu-box:8000 --api-key $KEY --streams 1 8 32
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from bench.machine import describe, write_json
+from pomstream.bench.machine import describe, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,8 +161,8 @@ def run_level(base: str, headers: dict, n: int, seconds: float, pid: int | None)
 
 def _state_bytes(model: str) -> dict:
     """The PoM state a session of ``model`` carries, and its whole snapshot."""
-    from model import StreamGenerator, load_model
-    from server.settings import Settings
+    from pomstream.model import StreamGenerator, load_model
+    from pomstream.server.settings import Settings
 
     gen = StreamGenerator(load_model(model))
     session = gen.session("digit 1", seed=0, **Settings(model=model).generation_params())
@@ -198,7 +198,7 @@ def _start_server(args) -> tuple[subprocess.Popen, str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.streams", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m pomstream.bench.streams", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="a running server (default: start `pomstream serve`)")
     p.add_argument("--api-key", default=os.environ.get("POMSTREAM_API_KEY"))

@@ -1,11 +1,23 @@
-"""The PoM video model: layer, video DiT, diffusion, streaming generator, training."""
+"""The PoM video model: layer, video DiT, diffusion, streaming generator, training.
 
-from .checkpoint import load_model, save_model
-from .config import REGISTRY, ModelConfig, get_config
-from .dit import VideoDiT
-from .pom import PoM, PoMState
-from .streaming import GenerationParams, SnapshotError, StreamGenerator, StreamSession
+The names below load on first use, so that importing a torch-free part of this package
+(``pomstream.model.config``, ``pomstream.model.prompts``, ``pomstream.model.files``) does
+not import torch: the API process reads model configs and prompt rules without it.
+"""
 
-__all__ = ["PoM", "PoMState", "VideoDiT", "ModelConfig", "REGISTRY", "get_config",
-           "load_model", "save_model", "StreamGenerator", "StreamSession", "GenerationParams",
-           "SnapshotError"]
+from importlib import import_module
+
+_LAZY = {
+    "PoM": "pom", "PoMState": "pom", "VideoDiT": "dit",
+    "ModelConfig": "config", "REGISTRY": "config", "get_config": "config",
+    "load_model": "checkpoint", "save_model": "checkpoint",
+    "StreamGenerator": "streaming", "StreamSession": "streaming",
+    "GenerationParams": "streaming", "SnapshotError": "streaming",
+}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_LAZY[name]}", __name__), name)

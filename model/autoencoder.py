@@ -30,10 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import weights_digest
 from .config import ModelConfig
-
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+from .files import WEIGHTS_DIR, weights_digest
 
 
 class Autoencoder(Protocol):

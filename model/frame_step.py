@@ -29,7 +29,7 @@ import threading
 import torch
 from torch import Tensor
 
-from kernels import dispatch
+from pomstream.kernels import dispatch
 
 from .dit import VideoDiT
 from .pom import PoMState

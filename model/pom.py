@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.pom import ops
-from kernels.pom.aggregate.naive import acc_dtype, features
+from pomstream.kernels.pom import ops
+from pomstream.kernels.pom.aggregate.naive import acc_dtype, features
 
 MaskArg = Tensor | str | None
 _MODES = ("causal", "frame", "frame_causal")

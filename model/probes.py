@@ -1,6 +1,6 @@
 """Quick probes of a model's behaviour, run at every checkpoint (seconds to minutes on a CPU).
 
-Where :func:`model.evaluate.evaluate_generator` scores whole streams, the probes ask one
+Where :func:`~pomstream.model.evaluate.evaluate_generator` scores whole streams, the probes ask one
 question each, with the project's digit classifier as the judge:
 
 ``first_frame``
@@ -31,8 +31,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .classifier import load_classifier, predict_digits
 from .data import MovingDigits, prompt_for
-from .evaluate import BLANK_PIXELS, INK, evaluate_generator, load_classifier, predict_digits
+from .evaluate import evaluate_generator
+from .metrics import BLANK_PIXELS, INK
 
 
 def _frame0(generator, prompts: Sequence[str], seeds: Sequence[int], **params) -> np.ndarray:

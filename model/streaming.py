@@ -36,9 +36,9 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from .autoencoder import build_autoencoder
-from .checkpoint import weights_digest
 from .diffusion import SAMPLERS, guided, make_sampler
 from .dit import VideoDiT
+from .files import weights_digest
 from .frame_step import FrameStep
 from .pom import PoMState
 

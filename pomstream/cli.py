@@ -23,7 +23,7 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
 
 
 def _gen_params(args) -> dict:
-    from model.checkpoint import generation_defaults
+    from pomstream.model.files import generation_defaults
 
     params = generation_defaults(args.model)
     for key in ("steps", "sampler", "guidance", "context_noise"):
@@ -35,7 +35,7 @@ def _gen_params(args) -> dict:
 def _load_generator(args):
     import torch
 
-    from model import StreamGenerator, load_model
+    from pomstream.model import StreamGenerator, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -45,7 +45,7 @@ def _load_generator(args):
 def cmd_generate(args) -> int:
     from tqdm import tqdm
 
-    from server.encoding import Mp4Writer
+    from pomstream.media.mp4 import Mp4Writer
 
     if args.frames < 1:
         raise ValueError("--frames must be at least 1")
@@ -63,7 +63,7 @@ def cmd_generate(args) -> int:
 
 
 def _autoencoder_main(rest: list[str]) -> int:
-    from model.autoencoder import main as autoencoder_main
+    from pomstream.model.autoencoder import main as autoencoder_main
 
     autoencoder_main(rest)
     return 0
@@ -72,8 +72,8 @@ def _autoencoder_main(rest: list[str]) -> int:
 def cmd_train(args) -> int:
     import torch
 
-    from model.config import get_config
-    from model.train import TrainArgs, train
+    from pomstream.model.config import get_config
+    from pomstream.model.train import TrainArgs, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,8 +89,8 @@ def cmd_train(args) -> int:
     targs = TrainArgs(**{k: v for k, v in vars(args).items() if k in known and v is not None})
     evaluate_fn = None
     if targs.eval_videos:
-        from model.evaluate import evaluate_generator
-        from model.streaming import StreamGenerator
+        from pomstream.model.evaluate import evaluate_generator
+        from pomstream.model.streaming import StreamGenerator
 
         def evaluate_fn(ema, n):
             return evaluate_generator(StreamGenerator(ema), n, frames=args.eval_frames,
@@ -101,7 +101,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from model import evaluate as ev
+    from pomstream.model import evaluate as ev
 
     if args.input:
         if not args.prompt:
@@ -123,7 +123,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from model.probes import run_probes
+    from pomstream.model.probes import run_probes
 
     gen = _load_generator(args)
     start = time.perf_counter()
@@ -139,10 +139,10 @@ def cmd_probe(args) -> int:
 
 
 BENCHMARKS = {  # pomstream bench [NAME] ...: module under bench/ with a main(argv)
-    "frame-step": "bench.frame_step",
-    "kernels": "bench.kernels",
-    "streams": "bench.streams",
-    "context-use": "bench.context_use",
+    "frame-step": "pomstream.bench.frame_step",
+    "kernels": "pomstream.bench.kernels",
+    "streams": "pomstream.bench.streams",
+    "context-use": "pomstream.bench.context_use",
 }
 
 
@@ -194,7 +194,7 @@ def _server_args(p: argparse.ArgumentParser, roles: str) -> None:
 
 
 def _settings(args):
-    from server.settings import Settings
+    from pomstream.server.settings import Settings
 
     given = {dest: getattr(args, dest, None) for dest, *_ in _SERVER_OPTIONS.values()}
     given["api_keys"] = getattr(args, "api_keys", None)
@@ -202,26 +202,26 @@ def _settings(args):
 
 
 def _server_main(args, run) -> int:
-    from server.app import configure_logging
+    from pomstream.server.app import configure_logging
 
     configure_logging()
     return run(_settings(args))
 
 
 def cmd_serve(args) -> int:
-    from server.app import run_server
+    from pomstream.server.app import run_server
 
     return _server_main(args, lambda s: run_server(s, with_worker=True))
 
 
 def cmd_api(args) -> int:
-    from server.app import run_server
+    from pomstream.server.app import run_server
 
     return _server_main(args, lambda s: run_server(s, with_worker=False))
 
 
 def cmd_worker(args) -> int:
-    from server.app import run_worker
+    from pomstream.server.app import run_worker
 
     return _server_main(args, run_worker)
 

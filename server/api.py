@@ -57,12 +57,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
-from server.app import Runtime
-from server.engine import VideoJob, WorkerDead, WorkerRegistry, log_event
-from server.metrics import CONTENT_TYPE as METRICS_TYPE
-from server.metrics import Gauge, queue_gauges
-from server.metrics import render as render_metrics
-from server.queue import (
+from pomstream.server.app import Runtime
+from pomstream.server.engine import VideoJob, WorkerDead, WorkerRegistry, log_event
+from pomstream.server.metrics import CONTENT_TYPE as METRICS_TYPE
+from pomstream.server.metrics import Gauge, queue_gauges
+from pomstream.server.metrics import render as render_metrics
+from pomstream.server.queue import (
     EndEntry,
     EventEntry,
     FragmentEntry,
@@ -73,8 +73,8 @@ from server.queue import (
     check_id,
     new_job_id,
 )
-from server.settings import ModelInfo, Settings, is_loopback
-from server.storage import MEDIA_TYPES, VARIANTS
+from pomstream.server.settings import ModelInfo, Settings, is_loopback
+from pomstream.server.storage import MEDIA_TYPES, VARIANTS
 
 log = logging.getLogger("pomstream.api")
 
@@ -433,7 +433,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(_metrics_router(settings))
     app.include_router(_videos_router(settings))
     app.include_router(_stream_router(settings))
-    from server.live_ws import live_router  # it builds on this module's helpers
+    from pomstream.server.live_ws import live_router  # it builds on this module's helpers
 
     app.include_router(live_router(settings))
     return app

@@ -27,12 +27,12 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from server.engine import Worker, log_event
-from server.metrics import CONTENT_TYPE as METRICS_TYPE
-from server.metrics import render as render_metrics
-from server.queue import JobQueue
-from server.settings import ModelInfo, Settings, SettingsError, model_info
-from server.storage import LocalStorage
+from pomstream.server.engine import Worker, log_event
+from pomstream.server.metrics import CONTENT_TYPE as METRICS_TYPE
+from pomstream.server.metrics import render as render_metrics
+from pomstream.server.queue import JobQueue
+from pomstream.server.settings import ModelInfo, Settings, SettingsError, model_info
+from pomstream.server.storage import LocalStorage
 
 log = logging.getLogger("pomstream.app")
 
@@ -72,7 +72,7 @@ def make_queue(settings: Settings) -> JobQueue:
 def build_worker(settings: Settings, queue: JobQueue, storage: LocalStorage) -> Worker:
     import torch
 
-    from model import StreamGenerator, load_model
+    from pomstream.model import StreamGenerator, load_model
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -114,7 +114,7 @@ def run_server(settings: Settings, with_worker: bool) -> int:
     """``serve`` (with_worker) or ``api``: uvicorn in this thread until SIGINT/SIGTERM."""
     import uvicorn
 
-    from server.api import create_app
+    from pomstream.server.api import create_app
 
     settings.check_exposure()
     if not with_worker and not settings.redis_url:

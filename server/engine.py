@@ -66,9 +66,7 @@ frame, per-frame latency (step start to fragment stored) and encode time.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import math
 import os
 import re
 import socket
@@ -79,13 +77,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import av
 import numpy as np
 
-from model.streaming import SnapshotError, StreamGenerator, StreamSession
-from server.fmp4 import LiveEncoder
-from server.metrics import WorkerMetrics
-from server.queue import (
+from pomstream.media.fmp4 import LiveEncoder
+from pomstream.media.images import decode_all, encode_png, spritesheet
+from pomstream.model.streaming import SnapshotError, StreamGenerator, StreamSession
+from pomstream.server.metrics import WorkerMetrics
+from pomstream.server.queue import (
     FINAL_STATUSES,
     EndEntry,
     FragmentEntry,
@@ -98,7 +96,7 @@ from server.queue import (
     StreamClosed,
     check_id,
 )
-from server.sessions import (
+from pomstream.server.sessions import (
     TRIM_EVERY,
     LiveState,
     SessionJob,
@@ -107,11 +105,10 @@ from server.sessions import (
     is_session,
     new_encoder,
 )
-from server.storage import Storage
+from pomstream.server.storage import Storage
 
 log = logging.getLogger("pomstream.engine")
 
-SPRITE_FRAMES = 16  # frames in a spritesheet (a 4 x 4 grid)
 SWEEP_EVERY_S = 600  # how often a worker removes expired files from the storage
 
 
@@ -707,7 +704,7 @@ class Worker:
 
     def _finalize(self, a: ActiveJob) -> None:
         data = self._assemble(a)
-        frames = _decode_all(data)
+        frames = decode_all(data)
         if len(frames) != a.job.frames:
             raise JobError("encoding_error", f"the video decodes to {len(frames)} frames, "
                            f"expected {a.job.frames}")
@@ -935,35 +932,6 @@ class Worker:
                 log_event(log, "worker.heartbeat_failed", logging.WARNING, error=str(exc))
             except Exception:  # a bug: log it, but never let the leases go unrefreshed
                 log.exception("worker.heartbeat_error")
-
-
-# --- media helpers ----------------------------------------------------------------------
-
-
-def _decode_all(data: bytes) -> list[np.ndarray]:
-    with av.open(io.BytesIO(data)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """An RGB uint8 image as PNG bytes (PyAV's png encoder: no extra dependency)."""
-    codec = av.CodecContext.create("png", "w")
-    codec.width, codec.height, codec.pix_fmt = image.shape[1], image.shape[0], "rgb24"
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-    return b"".join(bytes(p) for p in codec.encode(frame) + codec.encode(None))
-
-
-def spritesheet(frames: list[np.ndarray], count: int = SPRITE_FRAMES) -> np.ndarray:
-    """Up to ``count`` evenly spaced frames in a square-ish grid, row by row."""
-    picks = [frames[round(i)] for i in np.linspace(0, len(frames) - 1, min(count, len(frames)))]
-    cols = math.ceil(math.sqrt(len(picks)))
-    rows = math.ceil(len(picks) / cols)
-    h, w, _ = picks[0].shape
-    sheet = np.zeros((rows * h, cols * w, 3), np.uint8)
-    for i, frame in enumerate(picks):
-        r, c = divmod(i, cols)
-        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = frame
-    return sheet
 
 
 def read_stream(queue: JobQueue, job_id: str) -> tuple[bytes | None, list[bytes], EndEntry | None]:

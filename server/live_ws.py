@@ -48,7 +48,7 @@ import anyio
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from server.api import (
+from pomstream.server.api import (
     ApiError,
     _check_access,
     _deny,
@@ -60,8 +60,8 @@ from server.api import (
     owner_of,
     submit_within_limit,
 )
-from server.engine import WorkerDead
-from server.queue import (
+from pomstream.server.engine import WorkerDead
+from pomstream.server.queue import (
     EndEntry,
     EventEntry,
     FragmentEntry,
@@ -69,14 +69,14 @@ from server.queue import (
     QueueUnavailable,
     check_id,
 )
-from server.sessions import (
+from pomstream.server.sessions import (
     SessionEnded,
     SessionJob,
     SessionNotFound,
     SessionStore,
     new_session_id,
 )
-from server.settings import Settings
+from pomstream.server.settings import Settings
 
 log = logging.getLogger("pomstream.live")
 

@@ -199,7 +199,7 @@ def queue_gauges(queue) -> list[str]:
     """Jobs waiting in the queue and jobs held by workers, read from Redis now."""
     import redis
 
-    from server.queue import GROUP
+    from pomstream.server.queue import GROUP
 
     length = queue.redis.xlen(queue.keys.queue)
     try:

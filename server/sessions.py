@@ -79,8 +79,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.fmp4 import LiveEncoder
-from server.queue import JobQueue, Lease, check_id, new_job_id
+from pomstream.media.fmp4 import LiveEncoder
+from pomstream.server.queue import JobQueue, Lease, check_id, new_job_id
 
 log = logging.getLogger("pomstream.sessions")
 

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
 
     def generation_params(self) -> dict:
         """Sampling settings: the model card's defaults, overridden by these settings."""
-        from model.checkpoint import generation_defaults
+        from pomstream.model.files import generation_defaults
 
         params = generation_defaults(self.model)
         for key in ("steps", "sampler", "guidance"):
@@ -136,8 +136,8 @@ class ModelInfo:
 
 def model_info(spec: str) -> ModelInfo:
     """The served model's format, read from its config (no weights are loaded)."""
-    from model.checkpoint import read_config, resolve
-    from model.config import get_config
+    from pomstream.model.config import get_config
+    from pomstream.model.files import read_config, resolve
 
     path = resolve(spec)
     cfg = get_config(str(spec)) if path is None else read_config(path)

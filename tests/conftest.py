@@ -9,8 +9,8 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from model.config import get_config
-from model.dit import VideoDiT
+from pomstream.model.config import get_config
+from pomstream.model.dit import VideoDiT
 
 
 def randomized_model(name: str = "pom-dit-tiny", dtype=torch.float64, seed: int = 0, **overrides):

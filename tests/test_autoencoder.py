@@ -8,18 +8,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from model import StreamGenerator, load_model, save_model
-from model.autoencoder import (
+from pomstream.model import StreamGenerator, load_model, save_model
+from pomstream.model.autoencoder import (
     WEIGHTS_DIR,
     ConvAutoencoder,
     PixelAutoencoder,
     build_autoencoder,
     train_conv_autoencoder,
 )
-from model.config import ModelConfig, get_config
-from model.data import MovingDigits
-from model.dit import VideoDiT
-from model.evaluate import load_classifier, score_video
+from pomstream.model.classifier import load_classifier
+from pomstream.model.config import ModelConfig, get_config
+from pomstream.model.data import MovingDigits
+from pomstream.model.dit import VideoDiT
+from pomstream.model.metrics import score_video
 
 DEMO = get_config("pom-dit-demo")
 # a tiny latent model: 16x16 frames -> 4 x 4 x 4 latents, patch 2 -> 4 tokens a frame

@@ -3,7 +3,7 @@ context use: the loss table); their numbers are printed and written, never asser
 
 import json
 
-from bench.streams import main
+from pomstream.bench.streams import main
 
 pytest_plugins = ["tests.test_server_support"]
 
@@ -22,7 +22,7 @@ def test_streams_benchmark_runs(tiny_model_file, tmp_path, capsys):
 
 
 def test_context_use_reports_losses_per_frame():
-    from bench.context_use import context_losses
+    from pomstream.bench.context_use import context_losses
     from tests.conftest import randomized_model
 
     losses = context_losses(randomized_model().float(), clips=2, frames=4, levels=(0.9,))

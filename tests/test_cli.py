@@ -3,8 +3,8 @@
 import subprocess
 import sys
 
-from model import save_model
-from server.encoding import read_frames
+from pomstream.media.mp4 import read_frames
+from pomstream.model import save_model
 
 from .conftest import randomized_model
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from model.data import MovingDigits, load_digits, parse_prompt, prompt_for
+from pomstream.model.data import MovingDigits, load_digits, parse_prompt, prompt_for
 
 
 def test_prompts_roundtrip():

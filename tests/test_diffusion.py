@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model.diffusion import add_noise, guided, make_sampler, sample_levels, shifted
+from pomstream.model.diffusion import add_noise, guided, make_sampler, sample_levels, shifted
 
 
 @pytest.mark.parametrize("name", ["euler", "heun"])

@@ -8,18 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from model.data import DIGIT, MovingDigits
-from model.evaluate import (
+from pomstream.model.classifier import (
     DEFAULT_PATH,
-    METRICS,
-    evaluate_file,
-    evaluate_generator,
     load_classifier,
     predict_digits,
-    reference_scores,
     save_classifier,
-    score_video,
 )
+from pomstream.model.data import DIGIT, MovingDigits
+from pomstream.model.evaluate import evaluate_file, evaluate_generator
+from pomstream.model.metrics import METRICS, reference_scores, score_video
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +164,7 @@ class FakeGenerator:
         self.frames, self.calls, self.params = frames, 0, []
 
     def session(self, prompt, seed=0, **params):
-        from model.data import parse_prompt
+        from pomstream.model.data import parse_prompt
 
         self.params.append((seed, params))
         return FakeSession(parse_prompt(prompt), seed, self.frames)

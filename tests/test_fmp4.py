@@ -8,7 +8,13 @@ import av
 import numpy as np
 import pytest
 
-from server.fmp4 import Fragment, LiveEncoder, annexb_to_length_prefixed, find_box, parse_boxes
+from pomstream.media.fmp4 import (
+    Fragment,
+    LiveEncoder,
+    annexb_to_length_prefixed,
+    find_box,
+    parse_boxes,
+)
 
 SIZE, FPS, N, INTERVAL = 64, 30, 30, 8
 

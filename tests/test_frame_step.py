@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from model import StreamGenerator
-from model.frame_step import FrameStep
+from pomstream.model import StreamGenerator
+from pomstream.model.frame_step import FrameStep
 from tests.conftest import randomized_model
 
 

@@ -9,12 +9,12 @@ NaN (POMSTREAM_KERNEL_POISON=1) so an element a kernel forgets to write fails th
 import pytest
 import torch
 
-from kernels import dispatch
-from kernels.pom import ops
-from kernels.pom.aggregate import naive as agg
-from kernels.pom.select import naive as sel
-from kernels.pom.state_update import naive as upd
-from model.pom import PoM
+from pomstream.kernels import dispatch
+from pomstream.kernels.pom import ops
+from pomstream.kernels.pom.aggregate import naive as agg
+from pomstream.kernels.pom.select import naive as sel
+from pomstream.kernels.pom.state_update import naive as upd
+from pomstream.model.pom import PoM
 from tests.conftest import randomized_model
 
 DEVICES = [
@@ -84,7 +84,7 @@ def test_feature_sums(kernels_on, device, group, weighted, degree):
 @pytest.mark.parametrize("device", DEVICES)
 def test_long_sequence_is_split_over_programs(kernels_on, device):
     """A whole-sequence sum split into partials of 256 tokens, with a ragged last one."""
-    from kernels.pom.aggregate import kernel
+    from pomstream.kernels.pom.aggregate import kernel
 
     hc = context(1, 1000, 24, torch.float32, device)
     coeff = torch.randn(24, 2, device=device)

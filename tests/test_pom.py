@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.pom import PoM, PoMState
+from pomstream.model.pom import PoM, PoMState
 
 B, D, L, NF = 2, 8, 5, 4  # frames of L tokens, NF frames
 N = L * NF

@@ -6,7 +6,7 @@ import time
 import pytest
 import redis
 
-from server.queue import (
+from pomstream.server.queue import (
     GROUP,
     EndEntry,
     EventEntry,

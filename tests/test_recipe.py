@@ -8,14 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.autoencoder import build_autoencoder
-from model.config import ModelConfig, get_config
-from model.data import MovingDigits
-from model.diffusion import NoiseLevels, flow_loss
-from model.dit import VideoDiT
-from model.prompts import PromptError, PromptRules, parse_digit_prompt
-from model.streaming import StreamGenerator
-from model.train import TrainArgs, make_batch, step_shape, train
+from pomstream.model.autoencoder import build_autoencoder
+from pomstream.model.config import ModelConfig, get_config
+from pomstream.model.data import MovingDigits
+from pomstream.model.diffusion import NoiseLevels, flow_loss
+from pomstream.model.dit import VideoDiT
+from pomstream.model.prompts import PromptError, PromptRules, parse_digit_prompt
+from pomstream.model.streaming import StreamGenerator
+from pomstream.model.train import TrainArgs, make_batch, step_shape, train
 
 DIGITS = get_config("pom-dit-tiny", prompt_encoder="digits", cond_norm=True)
 
@@ -169,7 +169,7 @@ def test_fold_equals_generated_past():
 
 
 def test_probes_report_every_question():
-    from model.probes import run_probes
+    from pomstream.model.probes import run_probes
 
     torch.manual_seed(0)
     gen = StreamGenerator(VideoDiT(DIGITS).eval())

@@ -7,10 +7,10 @@ import fakeredis
 import pytest
 import torch
 
-from model import StreamGenerator
-from server.engine import VideoJob, Worker, read_stream
-from server.queue import JobQueue
-from server.storage import LocalStorage
+from pomstream.model import StreamGenerator
+from pomstream.server.engine import VideoJob, Worker, read_stream
+from pomstream.server.queue import JobQueue
+from pomstream.server.storage import LocalStorage
 from tests.conftest import randomized_model
 from tests.test_server_support import decode, wait_for
 

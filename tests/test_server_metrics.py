@@ -10,7 +10,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from server.metrics import Counter, Histogram, RateMeter
+from pomstream.server.metrics import Counter, Histogram, RateMeter
 from tests.test_server_support import shared_server, wait_for
 
 pytest_plugins = ["tests.redis_fixture", "tests.test_server_support"]

@@ -12,7 +12,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from server.queue import JobQueue
+from pomstream.server.queue import JobQueue
 from tests.redis_helpers import free_port
 from tests.test_server_support import ServerProcess, decode, wait_for
 
@@ -363,10 +363,10 @@ def test_worker_killed_mid_session_another_continues_identically(redis_server,
 def test_sessions_need_the_api_key(tiny_model_file, tmp_path):
     from websockets.exceptions import InvalidStatus
 
-    from server.api import create_app
-    from server.app import Runtime, make_queue
-    from server.settings import Settings, model_info
-    from server.storage import LocalStorage
+    from pomstream.server.api import create_app
+    from pomstream.server.app import Runtime, make_queue
+    from pomstream.server.settings import Settings, model_info
+    from pomstream.server.storage import LocalStorage
     from tests.test_server_support import ThreadServer
 
     settings = Settings(api_keys="k1", model=str(tiny_model_file), storage_dir=tmp_path)

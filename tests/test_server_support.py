@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from model import save_model
+from pomstream.model import save_model
 from tests.conftest import randomized_model
 from tests.redis_helpers import free_port
 
@@ -206,10 +206,10 @@ def shared_server(redis_server, model_file: Path, tmp_path_factory, prefix: str,
 def api_only_server(storage_dir: Path, **settings_fields) -> Iterator[ThreadServer]:
     """The API without a worker, in a thread (videos stay queued); its queue is on the
     Redis that ``redis_url`` names, or in-process without one."""
-    from server.api import create_app
-    from server.app import Runtime, make_queue
-    from server.settings import Settings, model_info
-    from server.storage import LocalStorage
+    from pomstream.server.api import create_app
+    from pomstream.server.app import Runtime, make_queue
+    from pomstream.server.settings import Settings, model_info
+    from pomstream.server.storage import LocalStorage
 
     settings = Settings(storage_dir=storage_dir, **settings_fields)
     runtime = Runtime(settings, make_queue(settings), LocalStorage(storage_dir),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import SnapshotError, StreamGenerator, load_model, save_model
+from pomstream.model import SnapshotError, StreamGenerator, load_model, save_model
 
 from .conftest import randomized_model
 
@@ -136,7 +136,7 @@ def test_snapshot_rejects_bad_input(tiny_model):
 
 RESUME_SCRIPT = """
 import sys, numpy as np
-from model import StreamGenerator, load_model
+from pomstream.model import StreamGenerator, load_model
 gen = StreamGenerator(load_model(sys.argv[1]))
 s = gen.restore(open(sys.argv[2], "rb").read())
 np.save(sys.argv[3], np.stack([s.next_frame() for _ in range(4)]))
@@ -175,7 +175,7 @@ def test_version_1_snapshot_of_per_position_states_still_restores():
     from safetensors.torch import load as st_load
     from safetensors.torch import save as st_save
 
-    from model.streaming import SNAPSHOT_MAGIC
+    from pomstream.model.streaming import SNAPSHOT_MAGIC
 
     gen = StreamGenerator(randomized_model(temporal_mixer="per_position", dtype=torch.float32))
     session = gen.session("digit 4", seed=3, steps=2, guidance=2.0)

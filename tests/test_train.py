@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model import load_model
-from model.autoencoder import build_autoencoder
-from model.config import get_config
-from model.data import MovingDigits
-from model.diffusion import flow_loss
-from model.dit import VideoDiT
-from model.train import TrainArgs, make_batch, train
+from pomstream.model import load_model
+from pomstream.model.autoencoder import build_autoencoder
+from pomstream.model.config import get_config
+from pomstream.model.data import MovingDigits
+from pomstream.model.diffusion import flow_loss
+from pomstream.model.dit import VideoDiT
+from pomstream.model.train import TrainArgs, make_batch, train
 
 CFG = get_config("pom-dit-tiny")
 

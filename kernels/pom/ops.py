@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from kernels.dispatch import use_triton
-from kernels.pom.aggregate import naive as agg_naive
-from kernels.pom.select import naive as sel_naive
-from kernels.pom.state_update import naive as upd_naive
+from pomstream.kernels.dispatch import use_triton
+from pomstream.kernels.pom.aggregate import naive as agg_naive
+from pomstream.kernels.pom.select import naive as sel_naive
+from pomstream.kernels.pom.state_update import naive as upd_naive
 
 _MAX_BLOCKS = 65535  # grid axes 1 and 2
 _MAX_OFFSET = 2**31  # offsets inside one sequence are 32-bit in the kernels
@@ -40,7 +40,7 @@ def _fits(t: Tensor) -> bool:
 def _kernels(name: str):
     import importlib
 
-    return importlib.import_module(f"kernels.pom.{name}.kernel")
+    return importlib.import_module(f"pomstream.kernels.pom.{name}.kernel")
 
 
 class _FeatureSums(torch.autograd.Function):

@@ -24,8 +24,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.dispatch import new_output
-from kernels.pom.common import activation, block_e, block_n, poly_grad, tile_features, tl_acc
+from pomstream.kernels.dispatch import new_output
+from pomstream.kernels.pom.common import (
+    activation,
+    block_e,
+    block_n,
+    poly_grad,
+    tile_features,
+    tl_acc,
+)
 
 from .naive import acc_dtype
 

@@ -11,8 +11,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.dispatch import new_output
-from kernels.pom.common import block_e, block_n, tl_acc
+from pomstream.kernels.dispatch import new_output
+from pomstream.kernels.pom.common import block_e, block_n, tl_acc
 
 
 @triton.jit

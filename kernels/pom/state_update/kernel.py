@@ -16,10 +16,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.dispatch import new_output
-from kernels.pom.aggregate.kernel import group_sums
-from kernels.pom.aggregate.naive import acc_dtype
-from kernels.pom.common import block_e, block_n, tile_features, tl_acc
+from pomstream.kernels.dispatch import new_output
+from pomstream.kernels.pom.aggregate.kernel import group_sums
+from pomstream.kernels.pom.aggregate.naive import acc_dtype
+from pomstream.kernels.pom.common import block_e, block_n, tile_features, tl_acc
 
 
 @triton.jit

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.pom.aggregate.naive import acc_dtype, features
+from pomstream.kernels.pom.aggregate.naive import acc_dtype, features
 
 
 def state_update(hc: Tensor, coeff: Tensor, total: Tensor, count: Tensor,
