@@ -202,7 +202,7 @@ def _settings(args):
 
 
 def _server_main(args, run) -> int:
-    from pomstream.server.app import configure_logging
+    from pomstream.server.logs import configure_logging
 
     configure_logging()
     return run(_settings(args))

@@ -58,11 +58,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
 from pomstream.server.app import Runtime
-from pomstream.server.engine import VideoJob, WorkerDead, WorkerRegistry, log_event
+from pomstream.server.engine.jobs import VideoJob, WorkerDead
+from pomstream.server.logs import log_event
 from pomstream.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from pomstream.server.metrics import Gauge, queue_gauges
 from pomstream.server.metrics import render as render_metrics
-from pomstream.server.queue import (
+from pomstream.server.settings import ModelInfo, Settings, is_loopback
+from pomstream.server.storage import MEDIA_TYPES, VARIANTS
+from pomstream.server.store import (
     EndEntry,
     EventEntry,
     FragmentEntry,
@@ -70,11 +73,10 @@ from pomstream.server.queue import (
     JobNotFound,
     JobQueue,
     QueueUnavailable,
+    WorkerRegistry,
     check_id,
     new_job_id,
 )
-from pomstream.server.settings import ModelInfo, Settings, is_loopback
-from pomstream.server.storage import MEDIA_TYPES, VARIANTS
 
 log = logging.getLogger("pomstream.api")
 
@@ -455,7 +457,7 @@ def _health_router() -> APIRouter:
         rt = _rt(request)
         checks = {"redis": False, "model": rt.info is not None, "worker": False}
         try:
-            rt.queue.redis.ping()
+            rt.queue.ping()
             checks["redis"] = True
             if rt.worker is not None:
                 checks["worker"] = rt.worker.alive

@@ -17,46 +17,23 @@ Logs are JSON lines on stderr (:class:`JsonFormatter`); ``log_event`` fields bec
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from pomstream.server.engine import Worker, log_event
+from pomstream.server.engine.worker import Worker
+from pomstream.server.logs import log_event
 from pomstream.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from pomstream.server.metrics import render as render_metrics
-from pomstream.server.queue import JobQueue
 from pomstream.server.settings import ModelInfo, Settings, SettingsError, model_info
 from pomstream.server.storage import LocalStorage
+from pomstream.server.store import JobQueue
 
 log = logging.getLogger("pomstream.app")
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-                "logger": record.name, "event": record.getMessage()}
-        line.update(getattr(record, "fields", None) or {})
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
 
 def make_queue(settings: Settings) -> JobQueue:

@@ -60,23 +60,19 @@ from pomstream.server.api import (
     owner_of,
     submit_within_limit,
 )
-from pomstream.server.engine import WorkerDead
-from pomstream.server.queue import (
+from pomstream.server.engine.jobs import SessionJob, WorkerDead, new_session_id
+from pomstream.server.settings import Settings
+from pomstream.server.store import (
     EndEntry,
     EventEntry,
     FragmentEntry,
     InitEntry,
     QueueUnavailable,
-    check_id,
-)
-from pomstream.server.sessions import (
     SessionEnded,
-    SessionJob,
     SessionNotFound,
     SessionStore,
-    new_session_id,
+    check_id,
 )
-from pomstream.server.settings import Settings
 
 log = logging.getLogger("pomstream.live")
 

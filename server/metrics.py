@@ -197,15 +197,7 @@ class WorkerMetrics:
 
 def queue_gauges(queue) -> list[str]:
     """Jobs waiting in the queue and jobs held by workers, read from Redis now."""
-    import redis
-
-    from pomstream.server.queue import GROUP
-
-    length = queue.redis.xlen(queue.keys.queue)
-    try:
-        held = int(queue.redis.xpending(queue.keys.queue, GROUP)["pending"])
-    except redis.ResponseError:  # no group yet: no worker ever started
-        held = 0
+    length, held = queue.depth()
     depth = Gauge("pomstream_queue_depth", "Jobs waiting for a worker.")
     depth.set(max(0, length - held))
     running = Gauge("pomstream_jobs_held", "Jobs taken by workers and not finished yet.")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from pomstream.server.queue import check_id
+from pomstream.server.store import check_id
 
 VARIANTS = {"video": ".mp4", "thumbnail": ".png", "spritesheet": ".sprites.png"}
 MEDIA_TYPES = {"video": "video/mp4", "thumbnail": "image/png", "spritesheet": "image/png"}

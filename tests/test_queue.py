@@ -6,7 +6,7 @@ import time
 import pytest
 import redis
 
-from pomstream.server.queue import (
+from pomstream.server.store import (
     GROUP,
     EndEntry,
     EventEntry,

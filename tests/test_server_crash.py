@@ -14,7 +14,7 @@ import torch
 
 from pomstream.media.fmp4 import LiveEncoder
 from pomstream.model import StreamGenerator, load_model
-from pomstream.server.queue import FragmentEntry, JobQueue
+from pomstream.server.store import FragmentEntry, JobQueue
 from tests.redis_helpers import RedisServer, free_port
 from tests.test_server_support import SNAPSHOT_EVERY, STEPS, ServerProcess, decode, wait_for
 

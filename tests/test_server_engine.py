@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from pomstream.model import StreamGenerator
-from pomstream.server.engine import VideoJob, Worker, read_stream
-from pomstream.server.queue import JobQueue
+from pomstream.server.engine.jobs import VideoJob
+from pomstream.server.engine.worker import Worker, read_stream
 from pomstream.server.storage import LocalStorage
+from pomstream.server.store import JobQueue
 from tests.conftest import randomized_model
 from tests.test_server_support import decode, wait_for
 

@@ -12,7 +12,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from pomstream.server.queue import JobQueue
+from pomstream.server.store import JobQueue
 from tests.redis_helpers import free_port
 from tests.test_server_support import ServerProcess, decode, wait_for
 

@@ -74,108 +74,16 @@ the first worker to take it settles it as ``detached`` until someone resumes it 
 from __future__ import annotations
 
 import json
-import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from pomstream.media.fmp4 import LiveEncoder
-from pomstream.server.queue import JobQueue, Lease, check_id, new_job_id
+from . import scripts as lua
+from .entries import dumps
+from .keys import check_id
+from .queue import JobQueue
 
-log = logging.getLogger("pomstream.sessions")
-
-SESSION_STATES = ("queued", "live", "detached", "stopped")
-TRIM_EVERY = 64  # frames between trims of a session's frame stream
 KEEP_ENTRIES = 512  # entries a trimmed frame stream keeps (far more than any window)
-
-
-def _j(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-# --- the job ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SessionJob:
-    """What a queued session job carries (the payload of its queue entry)."""
-
-    id: str
-    prompt: str
-    seed: int
-    size: str
-    model: str
-    base: int = 0  # frame index of fragment 0 (a fork's starting frame)
-    forked_from: str | None = None
-    frames = None  # unlimited
-
-    def payload(self) -> dict[str, Any]:
-        return {"kind": "session", "id": self.id, "prompt": self.prompt, "seed": self.seed,
-                "size": self.size, "model": self.model, "base": self.base,
-                "forked_from": self.forked_from, "state": "queued"}
-
-    @classmethod
-    def from_payload(cls, data: dict[str, Any]) -> SessionJob:
-        return cls(id=check_id(data["id"], "session id"), prompt=str(data["prompt"]),
-                   seed=int(data["seed"]), size=str(data["size"]), model=str(data["model"]),
-                   base=int(data.get("base") or 0), forked_from=data.get("forked_from"))
-
-
-def new_session_id() -> str:
-    return new_job_id("sess")
-
-
-# --- Redis ------------------------------------------------------------------------------
-
-# KEYS: record, view, ctl, queue, frames, keys to persist... ARGV: token, now, job JSON.
-# Returns {status, cursor, state}: status ok / gone / ended.
-_ATTACH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', '', ''} end
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == '"completed"' or status == '"failed"' then return {'ended', '', ''} end
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('HSET', KEYS[2], 'viewer', ARGV[1], 'seen', ARGV[2], 'acked', '-1', 'paused', '0')
-redis.call('PERSIST', KEYS[1])
-for i = 6, #KEYS do redis.call('PERSIST', KEYS[i]) end
-redis.call('HSET', KEYS[1], 'expires_at', 'null')
-local state = redis.call('HGET', KEYS[1], 'state') or ''
-if state == '"detached"' then
-  redis.call('HSET', KEYS[1], 'state', '"queued"')
-  redis.call('XADD', KEYS[4], '*', 'job', ARGV[3])
-end
-local last = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
-local cursor = '0-0'
-if #last > 0 then cursor = last[1][1] end
-return {'ok', cursor, state}
-"""
-
-# KEYS: record, view. ARGV: now, stale seconds. 1: a fresh viewer (live), 0: none
-# (detached), -1: no record.
-_SETTLE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local v = redis.call('HMGET', KEYS[2], 'viewer', 'seen')
-if v[1] and tonumber(v[2]) and tonumber(v[2]) >= tonumber(ARGV[1]) - tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'state', '"live"')
-  return 1
-end
-redis.call('HSET', KEYS[1], 'state', '"detached"')
-return 0
-"""
-
-# KEYS: view. ARGV: token, now, acked ('' to keep), paused ('' to keep). 0: taken over.
-_TOUCH = """
-if redis.call('HGET', KEYS[1], 'viewer') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'seen', ARGV[2])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'acked', ARGV[3]) end
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'paused', ARGV[4]) end
-return 1
-"""
-
-# KEYS: view. ARGV: token.
-_LEAVE = """
-if redis.call('HGET', KEYS[1], 'viewer') == ARGV[1] then redis.call('HDEL', KEYS[1], 'viewer') end
-return 1
-"""
 
 
 @dataclass(frozen=True)
@@ -201,20 +109,20 @@ class SessionEnded(Exception):
 
 
 class SessionStore:
-    """The session keys beside a :class:`~server.queue.JobQueue` (same client and prefix)."""
+    """The session keys beside a :class:`~.queue.JobQueue` (same client and prefix)."""
 
     def __init__(self, queue: JobQueue, viewer_timeout_s: float = 15.0):
         self.queue, self.redis, self.keys = queue, queue.redis, queue.keys
         self.viewer_timeout_s = viewer_timeout_s
         self._scripts = {name: self.redis.register_script(src) for name, src in
-                         (("attach", _ATTACH), ("settle", _SETTLE), ("touch", _TOUCH),
-                          ("leave", _LEAVE))}
+                         (("attach", lua.ATTACH), ("settle", lua.SETTLE), ("touch", lua.TOUCH),
+                          ("leave", lua.LEAVE))}
 
     def view_key(self, sid: str) -> str:
-        return f"{self.keys.prefix}:view:{check_id(sid, 'session id')}"
+        return self.keys.view(check_id(sid, "session id"))
 
     def ctl_key(self, sid: str) -> str:
-        return f"{self.keys.prefix}:ctl:{check_id(sid, 'session id')}"
+        return self.keys.ctl(check_id(sid, "session id"))
 
     # -- the viewer's side ----------------------------------------------------------------
 
@@ -224,7 +132,7 @@ class SessionStore:
                 k.meta(sid), k.snapshot(sid), k.cancel(sid)]
         status, cursor, state = (v.decode() if isinstance(v, bytes) else v for v in
                                  self._scripts["attach"](keys=keys,
-                                                         args=[token, time.time(), _j(job)]))
+                                                         args=[token, time.time(), dumps(job)]))
         if status == "gone":
             raise SessionNotFound(sid)
         if status == "ended":
@@ -252,7 +160,7 @@ class SessionStore:
         self._scripts["leave"](keys=[self.view_key(sid)], args=[token])
 
     def send(self, sid: str, message: dict[str, Any]) -> None:
-        self.redis.xadd(self.ctl_key(sid), {"data": _j(message)}, maxlen=256, approximate=True)
+        self.redis.xadd(self.ctl_key(sid), {"data": dumps(message)}, maxlen=256, approximate=True)
 
     # -- the worker's side ----------------------------------------------------------------
 
@@ -279,7 +187,7 @@ class SessionStore:
     def _messages(self, reply: Any) -> dict[str, list[tuple[str, dict]]]:
         out: dict[str, list[tuple[str, dict]]] = {}
         items = reply.items() if isinstance(reply, dict) else (reply or [])
-        prefix = f"{self.keys.prefix}:ctl:"
+        prefix = self.keys.ctl("")
         for key, entries in items:
             sid = (key.decode() if isinstance(key, bytes) else key)[len(prefix):]
             if entries and isinstance(entries[0], list) and entries[0] and \
@@ -306,42 +214,3 @@ class SessionStore:
         self.queue.expire_job(sid, seconds)
         for key in (self.view_key(sid), self.ctl_key(sid)):
             self.redis.expire(key, seconds)
-
-
-
-# --- per-session state in a worker --------------------------------------------------------
-
-
-@dataclass(eq=False)
-class LiveState:
-    """What a worker keeps about one running session besides its ActiveJob."""
-
-    base: int  # frame index of fragment 0
-    run_start: int  # frame index this run (or its viewer, after a takeover) started at
-    cursor: str = "0-0"  # control stream position
-    paused: bool = False
-    acked: int = -1
-    frames_since_trim: int = 0
-    ending: str | None = None  # "detach" or "stop", once decided
-    forks: list[str] = field(default_factory=list)
-
-    def ready(self, frame_index: int, window: int) -> bool:
-        """May the next frame be made now (not paused, within the viewer's window)?"""
-        delivered = max(self.acked + 1, self.run_start)
-        return not self.paused and frame_index - delivered < window
-
-
-def new_encoder(width: int, height: int, fps: int, config, stream_index: int) -> LiveEncoder:
-    """An encoder whose first frame (stream index ``stream_index``) is a cut (IDR)."""
-    return LiveEncoder(width, height, fps, qp=config.qp,
-                       keyframe_interval=config.keyframe_interval, start_index=stream_index,
-                       cut=True)
-
-
-def fork_job(parent: SessionJob, prompt: str, frame: int) -> SessionJob:
-    return SessionJob(id=new_session_id(), prompt=prompt, seed=parent.seed, size=parent.size,
-                      model=parent.model, base=frame, forked_from=parent.id)
-
-
-def is_session(lease: Lease) -> bool:
-    return lease.job.get("kind") == "session"

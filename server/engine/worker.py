@@ -82,8 +82,20 @@ import numpy as np
 from pomstream.media.fmp4 import LiveEncoder
 from pomstream.media.images import decode_all, encode_png, spritesheet
 from pomstream.model.streaming import SnapshotError, StreamGenerator, StreamSession
+from pomstream.server.engine.jobs import (
+    JobError,
+    JobSettings,
+    SessionJob,
+    VideoJob,
+    WorkerDead,
+    fork_job,
+    is_session,
+)
+from pomstream.server.engine.live import TRIM_EVERY, LiveState, new_encoder
+from pomstream.server.logs import log_event
 from pomstream.server.metrics import WorkerMetrics
-from pomstream.server.queue import (
+from pomstream.server.storage import Storage
+from pomstream.server.store import (
     FINAL_STATUSES,
     EndEntry,
     FragmentEntry,
@@ -93,113 +105,15 @@ from pomstream.server.queue import (
     JobQueue,
     Lease,
     QueueUnavailable,
+    SessionStore,
     StreamClosed,
+    WorkerRegistry,
     check_id,
 )
-from pomstream.server.sessions import (
-    TRIM_EVERY,
-    LiveState,
-    SessionJob,
-    SessionStore,
-    fork_job,
-    is_session,
-    new_encoder,
-)
-from pomstream.server.storage import Storage
 
 log = logging.getLogger("pomstream.engine")
 
 SWEEP_EVERY_S = 600  # how often a worker removes expired files from the storage
-
-
-def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields) -> None:
-    """A structured log line: the JSON formatter (server.app) writes ``fields`` as keys."""
-    logger.log(level, event, extra={"fields": fields})
-
-
-# --- errors -----------------------------------------------------------------------------
-
-
-class EngineError(Exception):
-    """Base class of the engine's errors."""
-
-
-class JobError(EngineError):
-    """A job that cannot be produced; ``code`` and ``message`` go into the video's error."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-    def payload(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
-
-
-class WorkerDead(EngineError, RuntimeError):
-    """The worker's stepping thread is not running (crashed or stopped)."""
-
-
-# --- jobs -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VideoJob:
-    """What a queued video job asks for (the payload of its queue entry)."""
-
-    id: str
-    prompt: str
-    frames: int
-    seed: int
-    seconds: str
-    size: str
-    model: str
-    remixed_from_video_id: str | None = None
-    # an extension: the first ``source_frames`` frames are those of video ``extends``,
-    # continued from its final snapshot (only the new frames are computed)
-    extends: str | None = None
-    source_frames: int = 0
-
-    def payload(self) -> dict[str, Any]:
-        return {"kind": "video", "id": self.id, "prompt": self.prompt, "frames": self.frames,
-                "seed": self.seed, "seconds": self.seconds, "size": self.size,
-                "model": self.model, "remixed_from_video_id": self.remixed_from_video_id,
-                "extends": self.extends, "source_frames": self.source_frames}
-
-    @classmethod
-    def from_payload(cls, data: dict[str, Any]) -> VideoJob:
-        try:
-            job = cls(id=check_id(data["id"], "job id"), prompt=str(data["prompt"]),
-                      frames=int(data["frames"]), seed=int(data["seed"]),
-                      seconds=str(data["seconds"]), size=str(data["size"]),
-                      model=str(data["model"]),
-                      remixed_from_video_id=data.get("remixed_from_video_id"),
-                      extends=data.get("extends") and check_id(data["extends"], "video id"),
-                      source_frames=int(data.get("source_frames") or 0))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise JobError("invalid_job", f"malformed job payload: {exc}") from exc
-        if not 0 <= job.source_frames < job.frames:
-            raise JobError("invalid_job", f"a video needs at least one new frame, got "
-                           f"{job.frames} frames of which {job.source_frames} exist")
-        if (job.extends is None) != (job.source_frames == 0):
-            raise JobError("invalid_job", "an extension names its source and its frames")
-        return job
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How a job is produced; fixed in the job record when its first worker starts it."""
-
-    params: dict[str, Any]
-    keyframe_interval: int
-    qp: int
-
-    def record(self) -> dict[str, Any]:
-        return {"params": self.params, "keyframe_interval": self.keyframe_interval,
-                "qp": self.qp}
-
-    @classmethod
-    def from_record(cls, data: dict[str, Any]) -> EngineConfig:
-        return cls(dict(data["params"]), int(data["keyframe_interval"]), int(data["qp"]))
 
 
 @dataclass(eq=False)
@@ -208,7 +122,7 @@ class ActiveJob:
 
     lease: Lease
     job: VideoJob | SessionJob
-    config: EngineConfig
+    config: JobSettings
     session: StreamSession
     encoder: LiveEncoder
     lane: ThreadPoolExecutor
@@ -228,33 +142,6 @@ class ActiveJob:
     @property
     def id(self) -> str:
         return self.job.id
-
-
-class WorkerRegistry:
-    """Which workers are alive: a sorted set of worker id -> last heartbeat (unix time).
-
-    The API's ``/readyz`` asks it whether any worker beat recently.
-    """
-
-    def __init__(self, queue: JobQueue):
-        self.queue = queue
-        self.key = f"{queue.keys.prefix}:workers"
-
-    def beat(self, worker_id: str) -> None:
-        try:
-            self.queue.redis.zadd(self.key, {worker_id: time.time()})
-        except Exception as exc:  # noqa: BLE001 - any Redis failure is an outage here
-            raise QueueUnavailable(str(exc)) from exc
-
-    def remove(self, worker_id: str) -> None:
-        self.queue.redis.zrem(self.key, worker_id)
-
-    def alive(self, max_age_s: float) -> list[str]:
-        try:
-            ids = self.queue.redis.zrangebyscore(self.key, time.time() - max_age_s, "+inf")
-        except Exception as exc:  # noqa: BLE001 - any Redis failure: nobody is known alive
-            raise QueueUnavailable(str(exc)) from exc
-        return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
 
 # --- the worker -------------------------------------------------------------------------
@@ -456,14 +343,14 @@ class Worker:
         with self._lock:
             self._active.append(active)
 
-    def _config(self, job_id: str, record: dict[str, Any]) -> EngineConfig:
+    def _config(self, job_id: str, record: dict[str, Any]) -> JobSettings:
         if record.get("engine"):
-            return EngineConfig.from_record(record["engine"])
-        config = EngineConfig(dict(self.params), self.snapshot_every, self.qp)
+            return JobSettings.from_record(record["engine"])
+        config = JobSettings(dict(self.params), self.snapshot_every, self.qp)
         if record.get("extends"):  # its frames must encode like its source's
             source = self._source_record(record["extends"])
             if source.get("engine"):
-                config = EngineConfig.from_record(source["engine"])
+                config = JobSettings.from_record(source["engine"])
         self.queue.update_job(job_id, engine=config.record())
         return config
 
@@ -475,7 +362,7 @@ class Worker:
         return source
 
     def _session(self, job: VideoJob | SessionJob,
-                 config: EngineConfig) -> tuple[StreamSession, int]:
+                 config: JobSettings) -> tuple[StreamSession, int]:
         snap = self.queue.load_snapshot(job.id)
         if snap is None and getattr(job, "extends", None):
             return self._extension_session(job), job.source_frames

@@ -1,0 +1,137 @@
+"""Job records: read, update, list in pages, delete, expire; the content index.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Literal
+
+from .base import StoreBase
+from .entries import JOB_STATUSES, JobPage, decode_record, dumps, flatten, text
+from .errors import JobNotFound, redis_errors
+from .keys import check_id
+
+
+class RecordsMixin(StoreBase):
+    # --- job records --------------------------------------------------------------------
+
+    @redis_errors
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        check_id(job_id, "job id")
+        return decode_record(self.redis.hgetall(self.keys.job(job_id)))
+
+    @redis_errors
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        """Set fields of a job's record (JSON values); JobNotFound if there is none."""
+        check_id(job_id, "job id")
+        if "id" in fields:
+            raise ValueError("a job's id cannot change")
+        if "status" in fields and fields["status"] not in JOB_STATUSES:
+            raise ValueError(f"status must be one of {JOB_STATUSES}, got {fields['status']!r}")
+        if "progress" in fields and not 0 <= fields["progress"] <= 100:
+            raise ValueError(f"progress must be in 0..100, got {fields['progress']}")
+        if fields and not self._script("update", [self.keys.job(job_id)], flatten(fields)):
+            raise JobNotFound(job_id)
+
+    @redis_errors
+    def list_jobs(self, after: str | None = None, limit: int = 20,
+                  order: Literal["asc", "desc"] = "desc") -> JobPage:
+        """A page of job records in submission order, after the job ``after`` if given."""
+        if not 1 <= limit <= 100:
+            raise ValueError(f"limit must be in 1..100, got {limit}")
+        if order not in ("asc", "desc"):
+            raise ValueError(f"order must be 'asc' or 'desc', got {order!r}")
+        self._prune_expired()
+        bound = "-inf" if order == "asc" else "+inf"
+        if after is not None:
+            score = self.redis.zscore(self.keys.index, check_id(after, "job id"))
+            if score is None:
+                raise JobNotFound(after)
+            bound = f"({int(score)}"  # submission numbers are unique: exclusive is exact
+        jobs, missing = [], []
+        while len(jobs) <= limit:
+            want = limit + 1 - len(jobs)  # one more than needed tells has_more
+            rows = self._index_page(bound, want, order)
+            records = self._records([text(job_id) for job_id, _ in rows])
+            for (job_id, _), record in zip(rows, records, strict=True):
+                if record:
+                    jobs.append(record)
+                else:
+                    missing.append(job_id)
+            if len(rows) < want:
+                break
+            bound = f"({int(rows[-1][1])}"
+        if missing:  # expired or half-deleted; keep the index tidy
+            self.redis.zrem(self.keys.index, *missing)
+        return JobPage(jobs[:limit], has_more=len(jobs) > limit)
+
+    def _index_page(self, bound: str, count: int, order: str) -> list[tuple[bytes, float]]:
+        if order == "asc":
+            return self.redis.zrangebyscore(self.keys.index, bound, "+inf", start=0, num=count,
+                                            withscores=True)
+        return self.redis.zrevrangebyscore(self.keys.index, bound, "-inf", start=0, num=count,
+                                           withscores=True)
+
+    def _records(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.keys.job(job_id))
+        return [decode_record(raw) for raw in pipe.execute()] if job_ids else []
+
+    def _prune_expired(self, batch: int = 100) -> None:
+        """Drop index entries of jobs whose keys expired (sorted sets cannot expire)."""
+        due = self.redis.zrangebyscore(self.keys.expiring, "-inf", time.time(), start=0,
+                                       num=batch)
+        if not due:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in due:
+            pipe.exists(self.keys.job(text(job_id)))
+        gone = [job_id for job_id, exists in zip(due, pipe.execute(), strict=True)
+                if not exists]
+        if gone:
+            pipe.zrem(self.keys.index, *gone)
+            pipe.zrem(self.keys.expiring, *gone)
+            pipe.execute()
+
+    @redis_errors
+    def delete_job(self, job_id: str) -> bool:
+        """Remove a job's record, frames, snapshot and flags; False if it did not exist.
+
+        A queued entry stays in the stream; ``take`` acks it away. A running job's worker
+        sees ``is_cancelled`` and gets JobNotFound on its next write.
+        """
+        check_id(job_id, "job id")
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.keys.job(job_id))
+        pipe.delete(*self.keys.of_job(job_id)[1:])
+        pipe.zrem(self.keys.index, job_id)
+        pipe.zrem(self.keys.expiring, job_id)
+        return bool(pipe.execute()[0])
+
+    @redis_errors
+    def index_content(self, job_id: str, sha256: str, seconds: int) -> None:
+        """Remember for ``seconds`` that the file with this hash is job ``job_id``'s video
+        (a client may send the file back to name the video, see ``find_by_content``)."""
+        check_id(job_id, "job id")
+        self.redis.set(self.keys.content(sha256), job_id, ex=int(seconds))
+
+    @redis_errors
+    def find_by_content(self, sha256: str) -> str | None:
+        """The job whose finished video file has this SHA-256, if it is still known."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        job_id = self.redis.get(self.keys.content(sha256))
+        return None if job_id is None else text(job_id)
+
+    @redis_errors
+    def expire_job(self, job_id: str, seconds: int) -> bool:
+        """Let all of a job's keys expire in ``seconds`` (also sets ``expires_at``)."""
+        check_id(job_id, "job id")
+        if seconds < 1:
+            raise ValueError(f"seconds must be >= 1, got {seconds}")
+        deadline = time.time() + seconds
+        keys = self.keys.of_job(job_id)
+        return bool(self._script("expire", [keys[0], self.keys.expiring, *keys[1:]],
+                                 [job_id, int(seconds), deadline, dumps(int(deadline))]))
