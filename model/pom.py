@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pomstream.kernels.pom import ops
-from pomstream.kernels.pom.aggregate.naive import acc_dtype, features
+from pomstream.kernels.pom.aggregate.naive import features
+from pomstream.kernels.pom.precision import acc_dtype
 
 MaskArg = Tensor | str | None
 _MODES = ("causal", "frame", "frame_causal")

@@ -28,7 +28,12 @@ _DIGIT_PROMPT = re.compile(
 
 
 class PromptError(ValueError):
-    """A prompt this model cannot read; the message says what it reads instead."""
+    """A prompt this model cannot read; the message says what it reads instead.
+    ``code``: ``prompt_too_long`` or ``prompt_not_understood`` (the API's error codes)."""
+
+    def __init__(self, message: str, code: str = "prompt_not_understood"):
+        super().__init__(message)
+        self.code = code
 
 
 def parse_digit_prompt(text: str) -> list[int]:
@@ -65,7 +70,7 @@ class PromptRules:
         size = len(prompt.encode("utf-8", errors="surrogatepass"))
         if size > self.max_bytes:
             raise PromptError(f"prompt is {size} bytes; this model reads at most "
-                              f"{self.max_bytes}")
+                              f"{self.max_bytes}", "prompt_too_long")
         if self.encoder == "digits":
             parse_digit_prompt(prompt)
         return prompt

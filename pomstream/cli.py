@@ -209,19 +209,19 @@ def _server_main(args, run) -> int:
 
 
 def cmd_serve(args) -> int:
-    from pomstream.server.app import run_server
+    from pomstream.server.roles import run_server
 
     return _server_main(args, lambda s: run_server(s, with_worker=True))
 
 
 def cmd_api(args) -> int:
-    from pomstream.server.app import run_server
+    from pomstream.server.roles import run_server
 
     return _server_main(args, lambda s: run_server(s, with_worker=False))
 
 
 def cmd_worker(args) -> int:
-    from pomstream.server.app import run_worker
+    from pomstream.server.roles import run_worker
 
     return _server_main(args, run_worker)
 

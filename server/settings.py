@@ -25,6 +25,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pomstream.model.prompts import PromptRules
+
 log = logging.getLogger("pomstream.settings")
 
 
@@ -84,10 +86,6 @@ class Settings(BaseSettings):
             value = value.split(",")
         return [k.strip() for k in value if k and k.strip()]
 
-    @property
-    def loopback_only(self) -> bool:
-        return not self.api_keys
-
     def check_exposure(self) -> None:
         """Refuse to serve without keys on a non-loopback address; warn on loopback."""
         if self.api_keys:
@@ -128,10 +126,15 @@ class ModelInfo:
     height: int
     fps: int
     max_prompt_bytes: int
+    prompt_encoder: str = "bytes"
 
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
+
+    @property
+    def prompt_rules(self) -> PromptRules:
+        return PromptRules(self.prompt_encoder, self.max_prompt_bytes)
 
 
 def model_info(spec: str) -> ModelInfo:
@@ -141,4 +144,5 @@ def model_info(spec: str) -> ModelInfo:
 
     path = resolve(spec)
     cfg = get_config(str(spec)) if path is None else read_config(path)
-    return ModelInfo(cfg.name, cfg.frame_size, cfg.frame_size, cfg.fps, cfg.max_prompt_bytes)
+    return ModelInfo(cfg.name, cfg.frame_size, cfg.frame_size, cfg.fps, cfg.max_prompt_bytes,
+                     cfg.prompt_encoder)

@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from pomstream.model import StreamGenerator, load_model
-from pomstream.server.app import Runtime, make_queue
+from pomstream.server.runtime import Runtime, make_queue
 from pomstream.server.settings import Settings, model_info
 from pomstream.server.storage import LocalStorage
 from tests.redis_helpers import free_port
@@ -242,7 +242,7 @@ def test_redis_down_gets_503_not_500(tiny_model_file, tmp_path):
                         model=str(tiny_model_file), storage_dir=tmp_path)
     runtime = Runtime(settings, make_queue(settings), LocalStorage(tmp_path),
                       model_info(settings.model))
-    from pomstream.server.api import create_app
+    from pomstream.server.http.app import create_app
 
     with ThreadServer(create_app(settings, runtime)) as srv, \
             httpx.Client(base_url=srv.url, timeout=30) as http:

@@ -9,7 +9,7 @@ import torch
 
 from pomstream.model import StreamGenerator
 from pomstream.server.engine.jobs import VideoJob
-from pomstream.server.engine.worker import Worker, read_stream
+from pomstream.server.engine.worker import Worker
 from pomstream.server.storage import LocalStorage
 from pomstream.server.store import JobQueue
 from tests.conftest import randomized_model
@@ -65,7 +65,8 @@ def test_continuous_batching_exact_frames(queue, generator, tmp_path):
         assert record["expires_at"] > record["completed_at"]
         with storage.open(name, "video") as f:
             assert decode(f.read()).shape == (n, 16, 16, 3)
-        init, parts, end = read_stream(queue, name)
+        init, entries, end = queue.read_stream(name)
+        parts = [e.data for e in entries]
         assert init and len(parts) == n and end.status == "completed"
         assert queue.load_snapshot(name).frame_index == n  # kept for continuing later
 

@@ -363,8 +363,8 @@ def test_worker_killed_mid_session_another_continues_identically(redis_server,
 def test_sessions_need_the_api_key(tiny_model_file, tmp_path):
     from websockets.exceptions import InvalidStatus
 
-    from pomstream.server.api import create_app
-    from pomstream.server.app import Runtime, make_queue
+    from pomstream.server.http.app import create_app
+    from pomstream.server.runtime import Runtime, make_queue
     from pomstream.server.settings import Settings, model_info
     from pomstream.server.storage import LocalStorage
     from tests.test_server_support import ThreadServer

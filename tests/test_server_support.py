@@ -206,8 +206,8 @@ def shared_server(redis_server, model_file: Path, tmp_path_factory, prefix: str,
 def api_only_server(storage_dir: Path, **settings_fields) -> Iterator[ThreadServer]:
     """The API without a worker, in a thread (videos stay queued); its queue is on the
     Redis that ``redis_url`` names, or in-process without one."""
-    from pomstream.server.api import create_app
-    from pomstream.server.app import Runtime, make_queue
+    from pomstream.server.http.app import create_app
+    from pomstream.server.runtime import Runtime, make_queue
     from pomstream.server.settings import Settings, model_info
     from pomstream.server.storage import LocalStorage
 

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pomstream.kernels.pom.aggregate.naive import acc_dtype
+from pomstream.kernels.pom.precision import acc_dtype
 
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
 

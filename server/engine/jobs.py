@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from pomstream.server.store import Lease, check_id, new_job_id
@@ -129,3 +130,13 @@ def fork_job(parent: SessionJob, prompt: str, frame: int) -> SessionJob:
 
 def is_session(lease: Lease) -> bool:
     return lease.job.get("kind") == "session"
+
+
+class Ending(StrEnum):
+    """How a job leaves its worker (see the worker's docs, "Ending a job")."""
+
+    FINALIZE = "finalize"  # a video's last frame is made: assemble, store, complete
+    FAIL = "fail"  # an error, a cancel or a deletion
+    RELEASE = "release"  # graceful stop: snapshot and requeue for another worker
+    DETACH = "detach"  # a live session's viewer left: snapshot, wait for a resume
+    STOP = "stop"  # a live session stopped by its viewer: completed

@@ -1,39 +1,161 @@
-"""Live sessions in a worker: the per-session state and the encoder of a run.
-
-The protocol between viewer and worker (keys, pacing, attach/detach, exact
-regeneration, forks) is described in :mod:`pomstream.server.store.sessions`.
+"""Live sessions in a worker: viewer state and control messages between frames, cuts,
+forks and the end of a run (protocol: :mod:`pomstream.server.store.sessions`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from pomstream.media.fmp4 import LiveEncoder
+import numpy as np
 
-TRIM_EVERY = 64  # frames between trims of a session's frame stream
+from pomstream.server.engine.active import ActiveJob
+from pomstream.server.engine.jobs import (
+    Ending,
+    JobError,
+    SessionJob,
+    fork_job,
+)
+from pomstream.server.engine.live_state import TRIM_EVERY, LiveState, new_encoder
+from pomstream.server.logs import log_event
+from pomstream.server.store import (
+    FINAL_STATUSES,
+    Lease,
+)
 
-
-@dataclass(eq=False)
-class LiveState:
-    """What a worker keeps about one running session besides its ActiveJob."""
-
-    base: int  # frame index of fragment 0
-    run_start: int  # frame index this run (or its viewer, after a takeover) started at
-    cursor: str = "0-0"  # control stream position
-    paused: bool = False
-    acked: int = -1
-    frames_since_trim: int = 0
-    ending: str | None = None  # "detach" or "stop", once decided
-    forks: list[str] = field(default_factory=list)
-
-    def ready(self, frame_index: int, window: int) -> bool:
-        """May the next frame be made now (not paused, within the viewer's window)?"""
-        delivered = max(self.acked + 1, self.run_start)
-        return not self.paused and frame_index - delivered < window
+log = logging.getLogger("pomstream.engine")
 
 
-def new_encoder(width: int, height: int, fps: int, config, stream_index: int) -> LiveEncoder:
-    """An encoder whose first frame (stream index ``stream_index``) is a cut (IDR)."""
-    return LiveEncoder(width, height, fps, qp=config.qp,
-                       keyframe_interval=config.keyframe_interval, start_index=stream_index,
-                       cut=True)
+class LiveControl:
+    """Part of :class:`~pomstream.server.engine.worker.Worker` (its state lives there)."""
+
+    def _start_session(self, lease: Lease) -> None:
+        try:
+            job = SessionJob.from_payload(lease.job)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._end_now(lease, JobError("invalid_job", f"malformed session payload: {exc}"))
+            return
+        record = self.queue.get_job(job.id)
+        if record is None or record.get("status") in FINAL_STATUSES:
+            self.queue.ack(lease)
+            return
+        if self.sessions.settle(job.id) != 1:  # nobody watches (a new fork): stay detached
+            self.queue.ack(lease)
+            self.sessions.expire(job.id, self.video_ttl_s)
+            return
+        opened = self._open(lease, job, record, "session", lambda config, start: new_encoder(
+            self.width, self.height, self.fps, config, start - job.base))
+        if opened is None:
+            return
+        config, session, start, encoder = opened
+        active = ActiveJob(lease, job, config, session, encoder, self._pick_lane(),
+                           live=LiveState(job.base, start))
+        self._activate(active, "live", start)
+        log_event(log, "session.run", session_id=job.id, worker=self.id, frame=start)
+
+    def _pick_lane(self) -> ThreadPoolExecutor:
+        lane = self._lanes[self._next_lane % len(self._lanes)]
+        self._next_lane += 1
+        return lane
+
+    def _poll_sessions(self) -> None:
+        """Apply each session's viewer state and control messages (one Redis round trip)."""
+        live = [a for a in self._active if a.live is not None]
+        if not live:
+            return
+        views, messages = self.sessions.poll({a.id: a.live.cursor for a in live})
+        for a in live:
+            view = views[a.id]
+            a.live.paused, a.live.acked = view.paused, view.acked
+            if messages.get(a.id):
+                self._controls(a, messages[a.id])
+            if a.live.ending is None and not view.viewer:
+                a.live.ending = Ending.DETACH
+            if a.live.ending:
+                self._queue_snapshot(a)
+                self._retire(a, a.live.ending)
+
+    def _controls(self, a: ActiveJob, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        """Apply a batch of control messages between two frames. Prompt changes and keyframe
+        requests coalesce into at most one cut (a client that floods prompts costs one
+        snapshot per frame, not one per message); a stop ends the batch."""
+        prompt, cut = None, False
+        for entry_id, message in messages:
+            a.live.cursor = entry_id
+            op = message.get("op")
+            if op == "stop":
+                a.live.ending = Ending.STOP
+                return
+            if op == "prompt" and isinstance(message.get("prompt"), str):
+                prompt = message["prompt"]
+            elif op == "keyframe":  # a viewer joined mid-run: it needs an IDR frame, and its
+                cut = True  # window counts from here (it has seen nothing yet)
+                a.live.run_start = a.session.frame_index
+            elif op == "fork":
+                self._fork(a)
+        if prompt is not None and prompt != a.session.prompt:
+            try:
+                a.session.set_prompt(prompt)
+                cut = True
+            except (ValueError, TypeError) as exc:  # the API checked it: a bug, say so
+                log_event(log, "session.bad_prompt", logging.WARNING, session_id=a.id,
+                          error=str(exc))
+        if cut:
+            self._cut(a)
+        # applied (and snapshotted, for a cut): a worker taking over must not apply them again
+        ids = [entry_id for entry_id, _ in messages]
+        a.pending.append(a.lane.submit(self._on_lane, a, self.sessions.consumed, a.id, *ids))
+
+    def _cut(self, a: ActiveJob) -> None:
+        """Restart the encoder at the next frame (an IDR frame) and snapshot there: the
+        stream can be regenerated bit for bit from this point (see server.sessions)."""
+        index = a.session.frame_index - a.live.base
+        a.pending.append(a.lane.submit(self._on_lane, a, self._restart_encoder, a, index))
+        self._queue_snapshot(a)
+
+    def _restart_encoder(self, a: ActiveJob, index: int) -> None:
+        a.encoder.close()
+        a.encoder = new_encoder(self.width, self.height, self.fps, a.config, index)
+
+    def _queue_snapshot(self, a: ActiveJob) -> None:
+        snap, frame = a.session.snapshot(), a.session.frame_index  # now: the session moves on
+        a.pending.append(a.lane.submit(self._on_lane, a, self._save_snapshot, a, snap, frame))
+
+    def _fork(self, a: ActiveJob) -> None:
+        child = fork_job(a.job, a.session.prompt, a.session.frame_index)
+        snap = a.session.snapshot()
+        a.pending.append(a.lane.submit(self._on_lane, a, self._create_fork, a, child, snap))
+
+    def _create_fork(self, a: ActiveJob, child: SessionJob, snap: bytes) -> None:
+        self.queue.submit({**child.payload(), "engine": a.config.record()})
+        self.queue.save_snapshot(child.id, snap, child.base)
+        self.queue.publish_event(a.id, {"type": "forked", "fork_id": child.id,
+                                        "frame": child.base})
+        log_event(log, "session.forked", session_id=a.id, fork_id=child.id, frame=child.base)
+
+    def _session_frame(self, a: ActiveJob, made: int, frame: np.ndarray, t0: float) -> None:
+        index = made - 1 - a.live.base  # the fragment's index in the session's frame stream
+        a.pending.append(a.lane.submit(self._on_lane, a, self._store_frame, a, index, frame,
+                                       t0))
+        if (made - a.live.base) % a.config.keyframe_interval == 0:
+            self._queue_snapshot(a)
+        a.live.frames_since_trim += 1
+        if a.live.frames_since_trim >= TRIM_EVERY:  # unlimited length, bounded memory
+            a.live.frames_since_trim = 0
+            a.pending.append(a.lane.submit(self._on_lane, a, self.sessions.trim, a.id))
+
+    def _end_session(self, a: ActiveJob, end: str) -> None:
+        """On the lane, after the session's last fragment and snapshot."""
+        frame = a.session.frame_index
+        if end == Ending.STOP:
+            self.queue.update_job(a.id, state="stopped")
+            self.queue.finish_job(a.id, "completed")
+            self.sessions.expire(a.id, self.video_ttl_s)
+            self._ack(a)
+        elif self.sessions.settle(a.id) == 1:  # a viewer attached meanwhile: run it again
+            self.queue.release(a.lease)
+        else:
+            self._ack(a)
+            self.sessions.expire(a.id, self.video_ttl_s)
+        log_event(log, f"session.{end}", session_id=a.id, worker=self.id, frame=frame)

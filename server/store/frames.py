@@ -10,6 +10,9 @@ from typing import Any
 from .base import StoreBase
 from .entries import (
     FINAL_STATUSES,
+    EndEntry,
+    FragmentEntry,
+    InitEntry,
     InitSegment,
     KeyframeRef,
     Snapshot,
@@ -145,3 +148,19 @@ class FramesMixin(StoreBase):
                                  block=block_ms or None)
         return [parse_entry(text(entry_id), fields)
                 for entry_id, fields in stream_entries(reply)]
+
+    def read_stream(self, job_id: str) -> tuple[bytes | None, list[FragmentEntry],
+                                                  EndEntry | None]:
+        """The init segment, fragment entries (in stream order) and end entry stored so
+        far: what a finished job's file is assembled from."""
+        init, parts, end, after = None, [], None, "0-0"
+        while entries := self.read_fragments(job_id, after=after, count=512):
+            after = entries[-1].entry_id
+            for e in entries:
+                if isinstance(e, InitEntry):
+                    init = e.data
+                elif isinstance(e, FragmentEntry):
+                    parts.append(e)
+                elif isinstance(e, EndEntry):
+                    end = e
+        return init, parts, end

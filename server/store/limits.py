@@ -12,7 +12,7 @@ from .keys import check_id
 
 
 class LimitsMixin(StoreBase):
-    # --- per-owner limits (an owner: an API key's hash, see server.api) ---------------
+    # --- per-owner limits (an owner: an API key's hash, see http/deps.py) -------
 
     @redis_errors
     def claim_slot(self, owner: str, job_id: str, limit: int, grace_s: int = 30,

@@ -7,8 +7,8 @@ it has no frame count: it runs until its viewer stops it or goes away.
 
 Who talks to whom
 -----------------
-The WebSocket handler (:mod:`server.live_ws`) and the worker may be different processes, so
-they only meet in Redis (all keys under the queue's prefix):
+The WebSocket handler (:mod:`pomstream.server.http.live`) and the worker may be different
+processes, so they only meet in Redis (all keys under the queue's prefix):
 
 =============================  ========  ===================================================
 ``{p}:job:{id}``               hash      the job record (kind ``session``); ``state`` is

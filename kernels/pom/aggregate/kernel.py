@@ -33,8 +33,7 @@ from pomstream.kernels.pom.common import (
     tile_features,
     tl_acc,
 )
-
-from .naive import acc_dtype
+from pomstream.kernels.pom.precision import acc_dtype
 
 
 @triton.jit

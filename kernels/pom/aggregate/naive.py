@@ -17,10 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of a reduction over tokens: float64 stays, the rest is float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from pomstream.kernels.pom.precision import acc_dtype
 
 
 def features(hc: Tensor, coeff: Tensor) -> Tensor:

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from pomstream.kernels.dispatch import new_output
 from pomstream.kernels.pom.aggregate.kernel import group_sums
-from pomstream.kernels.pom.aggregate.naive import acc_dtype
 from pomstream.kernels.pom.common import block_e, block_n, tile_features, tl_acc
+from pomstream.kernels.pom.precision import acc_dtype
 
 
 @triton.jit

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pomstream.kernels.pom.aggregate.naive import acc_dtype, features
+from pomstream.kernels.pom.aggregate.naive import features
+from pomstream.kernels.pom.precision import acc_dtype
 
 
 def state_update(hc: Tensor, coeff: Tensor, total: Tensor, count: Tensor,

@@ -1,18 +1,13 @@
 """Process roles and their wiring: ``serve`` (API + worker), ``api``, ``worker``.
 
-A :class:`Runtime` is what one process holds: the :class:`~server.queue.JobQueue`, the
-storage, what the served model can make (:class:`~server.settings.ModelInfo`) and, for
-``serve`` and ``worker``, a :class:`~server.engine.Worker` with the loaded model.
-
-With ``redis_url`` unset, the queue runs on fakeredis in this process (``serve`` only: an
-API and a worker in different processes cannot share it). It is the same
-:class:`~server.queue.JobQueue` code, Lua scripts included, that production runs against
-Redis, so the tests against a real redis-server exercise the production path.
+Each role builds a :class:`~pomstream.server.runtime.Runtime` (store, storage, model info,
+and for ``serve`` the worker); ``pomstream api`` never imports the engine or torch (a test
+checks it).
 
 Shutdown: uvicorn turns SIGINT/SIGTERM into a graceful stop whose lifespan exit stops the
 worker (no new jobs, snapshot, release); ``pomstream worker`` does the same itself.
 
-Logs are JSON lines on stderr (:class:`JsonFormatter`); ``log_event`` fields become keys.
+Logs are JSON lines on stderr (:mod:`pomstream.server.logs`).
 """
 
 from __future__ import annotations
@@ -22,76 +17,27 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
-from pomstream.server.engine.worker import Worker
 from pomstream.server.logs import log_event
 from pomstream.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from pomstream.server.metrics import render as render_metrics
-from pomstream.server.settings import ModelInfo, Settings, SettingsError, model_info
+from pomstream.server.runtime import Runtime, make_queue
+from pomstream.server.settings import Settings, SettingsError
 from pomstream.server.storage import LocalStorage
-from pomstream.server.store import JobQueue
 
-log = logging.getLogger("pomstream.app")
+if TYPE_CHECKING:
+    from pomstream.server.engine.worker import Worker
 
-
-def make_queue(settings: Settings) -> JobQueue:
-    if settings.redis_url:
-        return JobQueue.from_url(settings.redis_url, prefix=settings.redis_prefix,
-                                 claim_idle_ms=settings.claim_idle_ms)
-    import fakeredis
-
-    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    return JobQueue(client, prefix=settings.redis_prefix, claim_idle_ms=settings.claim_idle_ms)
-
-
-def build_worker(settings: Settings, queue: JobQueue, storage: LocalStorage) -> Worker:
-    import torch
-
-    from pomstream.model import StreamGenerator, load_model
-
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    dtype = settings.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if torch.device(settings.device).type == "cuda" else "float32"
-    model = load_model(settings.model, device=settings.device, dtype=getattr(torch, dtype))
-    generator = StreamGenerator(model, graphs=settings.cuda_graphs and model.pos.is_cuda)
-    return Worker(queue, generator, storage, worker_id=settings.worker_id,
-                  max_sessions=settings.max_sessions, snapshot_every=settings.snapshot_every,
-                  qp=settings.encoder_qp, encode_threads=settings.encode_threads,
-                  video_ttl_s=settings.video_ttl_s, params=settings.generation_params(),
-                  session_window=settings.session_window,
-                  viewer_timeout_s=settings.viewer_timeout_s)
-
-
-@dataclass
-class Runtime:
-    settings: Settings
-    queue: JobQueue
-    storage: LocalStorage
-    info: ModelInfo
-    worker: Worker | None = None
-
-    @classmethod
-    def build(cls, settings: Settings, with_worker: bool) -> Runtime:
-        queue = make_queue(settings)
-        storage = LocalStorage(settings.storage_dir)
-        info = model_info(settings.model)
-        worker = build_worker(settings, queue, storage).start() if with_worker else None
-        return cls(settings, queue, storage, info, worker)
-
-    def close(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
+log = logging.getLogger("pomstream.roles")
 
 
 def run_server(settings: Settings, with_worker: bool) -> int:
     """``serve`` (with_worker) or ``api``: uvicorn in this thread until SIGINT/SIGTERM."""
     import uvicorn
 
-    from pomstream.server.api import create_app
+    from pomstream.server.http.app import create_app
 
     settings.check_exposure()
     if not with_worker and not settings.redis_url:
@@ -120,6 +66,8 @@ def run_worker(settings: Settings) -> int:
     """``worker``: run jobs until SIGINT/SIGTERM, then stop gracefully."""
     if not settings.redis_url:
         raise SettingsError("pomstream worker needs POMSTREAM_REDIS_URL (--redis-url)")
+    from pomstream.server.engine.build import build_worker
+
     queue = make_queue(settings)
     worker = build_worker(settings, queue, LocalStorage(settings.storage_dir))
     metrics = None

@@ -1,4 +1,6 @@
-"""``WS /v1/sessions``: live sessions over one WebSocket (design: :mod:`server.sessions`).
+"""``WS /v1/sessions``: live sessions over one WebSocket.
+
+Design (keys, pacing, attach/detach, forks): :mod:`pomstream.server.store.sessions`.
 
 Protocol
 --------
@@ -48,19 +50,17 @@ import anyio
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from pomstream.server.api import (
-    ApiError,
-    _check_access,
-    _deny,
-    _rt,
-    _unavailable,
-    _ws_key,
-    check_rate,
-    claim_slot,
-    owner_of,
-    submit_within_limit,
-)
 from pomstream.server.engine.jobs import SessionJob, WorkerDead, new_session_id
+from pomstream.server.http.deps import claim_slot, submit_within_limit, ws_owner
+from pomstream.server.http.errors import ApiError, unavailable
+from pomstream.server.http.follow import StreamFollower
+from pomstream.server.http.validation import (
+    Invalid,
+    check_prompt,
+    check_seed,
+    check_size,
+    is_session_id,
+)
 from pomstream.server.settings import Settings
 from pomstream.server.store import (
     EndEntry,
@@ -71,7 +71,6 @@ from pomstream.server.store import (
     SessionEnded,
     SessionNotFound,
     SessionStore,
-    check_id,
 )
 
 log = logging.getLogger("pomstream.live")
@@ -98,34 +97,24 @@ class BadValue(Exception):
         self.code, self.message = code, message
 
 
-def live_router(settings: Settings) -> APIRouter:
-    router = APIRouter(prefix="/v1")  # auth is checked in the handler, before accepting
-
-    @router.websocket("/sessions")
-    async def sessions(ws: WebSocket):
-        await _live(ws, settings)
-
-    return router
+router = APIRouter(prefix="/v1")  # auth is checked in the handler, before accepting
 
 
 def session_store(ws: WebSocket) -> SessionStore:
     state = ws.app.state
-    if getattr(state, "sessions", None) is None:
-        state.sessions = SessionStore(_rt(ws).queue, state.settings.viewer_timeout_s)
+    if state.sessions is None:
+        state.sessions = SessionStore(state.runtime.queue, state.settings.viewer_timeout_s)
     return state.sessions
 
 
-async def _live(ws: WebSocket, settings: Settings) -> None:
-    key, subprotocol = _ws_key(ws)
-    try:
-        _check_access(settings, ws.client.host if ws.client else None, key)
-        await anyio.to_thread.run_sync(check_rate, _rt(ws).queue, settings, owner_of(key))
-    except ApiError as exc:
-        return await _deny(ws, exc)
-    except QueueUnavailable:
-        return await _deny(ws, _unavailable())
+@router.websocket("/sessions")
+async def sessions(ws: WebSocket) -> None:
+    allowed = await ws_owner(ws)
+    if allowed is None:
+        return
+    owner, subprotocol = allowed
     await ws.accept(subprotocol=subprotocol)
-    conn = LiveConnection(ws, settings, owner_of(key))
+    conn = LiveConnection(ws, ws.app.state.settings, owner)
     ws.app.state.live_viewers += 1
     try:
         await conn.run()
@@ -139,7 +128,7 @@ async def _live(ws: WebSocket, settings: Settings) -> None:
     except TakenOver:
         await conn.close_with_error("taken_over", "another viewer resumed this session", 1000)
     except QueueUnavailable:
-        await conn.close_with_error("service_unavailable", _unavailable().message, 1011)
+        await conn.close_with_error("service_unavailable", unavailable().message, 1011)
     except Exception:  # a bug: log it, tell the client, keep the server up
         log.exception("live.error")
         await conn.close_with_error("internal_error", "internal error", 1011)
@@ -153,7 +142,7 @@ class LiveConnection:
 
     def __init__(self, ws: WebSocket, settings: Settings, owner: str = "local"):
         self.ws, self.settings, self.owner = ws, settings, owner
-        self.rt, self.store = _rt(ws), session_store(ws)
+        self.rt, self.store = ws.app.state.runtime, session_store(ws)
         self.sid: str | None = None
         self.token = secrets.token_hex(8)
         self.base = 0
@@ -238,15 +227,11 @@ class LiveConnection:
     async def start(self, msg: dict[str, Any]) -> None:
         info = self.rt.info
         prompt = self.check_prompt(msg.get("prompt"))
-        size = msg.get("size", info.size)
-        if size != info.size:
-            raise BadValue("invalid_size", f"size {size!r} is not supported; this model "
-                           f"makes {info.size}")
-        seed = msg.get("seed")
-        if seed is None:
-            seed = secrets.randbelow(2**31)
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-            raise BadValue("invalid_seed", "seed must be an integer in 0..2**63-1")
+        try:
+            size = check_size(msg.get("size"), info.size)
+            seed = check_seed(msg.get("seed"))
+        except Invalid as exc:
+            raise BadValue(exc.code, exc.message) from None
         self.client_acks = self.check_ack_flag(msg)
         if self.rt.worker is not None:  # serve: its only worker died, nothing would run
             self.rt.worker.check_alive()
@@ -261,7 +246,7 @@ class LiveConnection:
 
     async def attach(self, msg: dict[str, Any]) -> None:
         sid = msg.get("session_id")
-        if not isinstance(sid, str) or not _valid_sid(sid):
+        if not is_session_id(sid):
             raise BadValue("invalid_session_id", "session_id must be a session id (sess_...)")
         record = await self.call(self.rt.queue.get_job, sid)
         if record is None or record.get("kind") != "session":
@@ -270,6 +255,9 @@ class LiveConnection:
         job = SessionJob.from_payload(record).payload()
         await self.within_limit(claim_slot, self.rt.queue, self.settings, self.owner, sid,
                                 True)  # the session exists: submitted long ago
+        # the snapshot before the cursor: every fragment before a snapshot's frame is stored
+        # before the snapshot, so all that follows the cursor is at that frame or later
+        snap = await self.call(self.rt.queue.load_snapshot, sid)
         try:
             attached = await self.call(self.store.attach, sid, self.token, job)
         except SessionNotFound:
@@ -277,7 +265,6 @@ class LiveConnection:
         except SessionEnded:
             raise BadValue("session_ended", f"session {sid} was stopped") from None
         self.sid, self.cursor, self.base = sid, attached.cursor, int(record.get("base") or 0)
-        snap = await self.call(self.rt.queue.load_snapshot, sid)
         frame = snap.frame_index if snap else self.base
         await self.send({"type": "session", "session_id": sid, "status": attached.state,
                          "frame": frame, "resumed": True, "seed": record.get("seed"),
@@ -289,7 +276,7 @@ class LiveConnection:
             await self.call(self.store.send, sid, {"op": "keyframe"})
 
     async def within_limit(self, fn, *args) -> None:
-        """Run a slot claim (server.api) against the key's limit on running work; a full
+        """Run a slot claim (deps.py) against the key's limit on running work; a full
         limit is an error message to the client, not the end of the connection."""
         try:
             await self.call(fn, *args)
@@ -297,12 +284,10 @@ class LiveConnection:
             raise BadValue(exc.code, exc.message) from None
 
     def check_prompt(self, prompt: Any) -> str:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise BadValue("invalid_prompt", "prompt must be a non-empty string")
-        limit = self.rt.info.max_prompt_bytes
-        if len(prompt.encode("utf-8")) > limit:
-            raise BadValue("prompt_too_long", f"prompt is longer than {limit} bytes")
-        return prompt
+        try:
+            return check_prompt(prompt, self.rt.info.prompt_rules)
+        except Invalid as exc:
+            raise BadValue(exc.code, exc.message) from None
 
     @staticmethod
     def check_ack_flag(msg: dict[str, Any]) -> bool:
@@ -327,9 +312,9 @@ class LiveConnection:
                                         1000)
 
     async def follow(self) -> None:
-        while True:
-            entries = await self.call(self.rt.queue.read_fragments, self.sid, after=self.cursor,
-                                      block_ms=READ_BLOCK_MS, count=32)
+        follower = StreamFollower(self.rt.queue, self.sid, self.cursor,
+                                  self.ws.app.state.ws_limiter, count=32)
+        async for entries in follower.batches():
             for entry in entries:
                 self.cursor = entry.entry_id
                 if isinstance(entry, InitEntry):
@@ -426,11 +411,3 @@ class LiveConnection:
         if not isinstance(frame, int) or isinstance(frame, bool) or frame < -1:
             raise BadValue("invalid_value", '"frame" must be an integer >= -1')
         self.played = max(self.played, min(frame, self.sent))
-
-
-def _valid_sid(sid: str) -> bool:
-    try:
-        check_id(sid)
-    except ValueError:
-        return False
-    return sid.startswith("sess_")

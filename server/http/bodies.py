@@ -1,0 +1,64 @@
+"""Request bodies: JSON, multipart or urlencoded forms, parsed by the handlers themselves
+(so one route takes all three) and described in the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from pomstream.server.http.errors import ApiError, validation_error
+
+
+async def read_body(request: Request, files: bool = False) -> dict[str, Any]:
+    """The body as a dict; with ``files``, a multipart form may hold one file (bytes)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "body must be a JSON object", code="invalid_json")
+        return body
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        try:
+            form = await request.form(max_files=1 if files else 0, max_fields=32)
+            body = {}
+            for key, value in form.multi_items():
+                body[key] = value if isinstance(value, str) else await value.read()
+        except Exception as exc:  # noqa: BLE001 - any malformed form is the client's fault
+            detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+            raise ApiError(400, f"malformed form body: {detail}", code="invalid_form") from None
+        return body
+    raise ApiError(415, "send the body as application/json or multipart/form-data",
+                   code="unsupported_media_type")
+
+
+def parse_body(model: type[BaseModel], body: dict[str, Any]):
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc.errors()) from None
+
+
+def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The request body in the OpenAPI document (the handlers parse it themselves, to
+    accept JSON and forms alike)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node):  # nested models inline: no $ref into a document that lacks them
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    schema = inline(schema)
+    return {"requestBody": {"required": True, "content": {
+        media: {"schema": schema} for media in ("application/json", "multipart/form-data")}}}
