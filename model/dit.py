@@ -10,7 +10,7 @@ The same blocks run in two ways that give the same numbers:
 
 - parallel (training, checking): all F frames at once, each with its own noise level;
 - streaming (generation): one frame at a time, each temporal PoM reading a
-  :class:`~model.pom.PoMState` that holds every earlier frame, see
+  :class:`~pomstream.model.pom.PoMState` that holds every earlier frame, see
   :meth:`VideoDiT.step`.
 
 Positions: fixed 2D sin-cos embeddings in space. Time has no absolute embedding on
@@ -123,7 +123,7 @@ class DigitPromptEncoder(nn.Module):
     """A Moving-digits prompt ("digits 3 and 7") -> one conditioning vector (B, D).
 
     The prompt is parsed by :func:`model.prompts.parse_digit_prompt` (anything outside
-    its grammar is a :class:`~model.prompts.PromptError`) into how often each digit is
+    its grammar is a :class:`~pomstream.model.prompts.PromptError`) into how often each digit is
     named and how many digits there are; each digit and the count have a learned vector,
     their sum goes through an MLP. The empty prompt (count 0) is the unconditional input.
     """

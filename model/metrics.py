@@ -31,8 +31,7 @@ A metric that a video is too short to define (pairs or triples of frames) is NaN
 averages over videos ignore NaNs.
 
 :func:`reference_scores` gives the same metrics on real test clips, the target a
-generator should come close to; :func:`evaluate_generator` streams many videos at once
-from a :class:`~model.streaming.StreamGenerator` and scores windows of frames early and
+generator should come close to; :mod:`.evaluate` applies them to generated streams.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Streaming generation: one frame at a time from a state of constant size.
 
 A :class:`StreamSession` is one video being generated: its prompt, its random generator
-and, for each block, the :class:`~model.pom.PoMState` of every frame made so far. Frame
+and, for each block, the :class:`~pomstream.model.pom.PoMState` of every frame made so far. Frame
 f is made by the sampler, every step running the network on frame f's tokens alone
 against the fixed states of frames < f; then one more pass over the finished frame
 (noise level ``context_noise``, 0 by default) folds it into the states. The cost of a

@@ -3,11 +3,12 @@ context use: the loss table); their numbers are printed and written, never asser
 
 import json
 
+import pytest
+
 from pomstream.bench.streams import main
 
-pytest_plugins = ["tests.test_server_support"]
 
-
+@pytest.mark.slow
 def test_streams_benchmark_runs(tiny_model_file, tmp_path, capsys):
     out = tmp_path / "streams.json"
     assert main(["--model", str(tiny_model_file), "--streams", "1", "3", "--seconds", "2",
@@ -23,7 +24,7 @@ def test_streams_benchmark_runs(tiny_model_file, tmp_path, capsys):
 
 def test_context_use_reports_losses_per_frame():
     from pomstream.bench.context_use import context_losses
-    from tests.conftest import randomized_model
+    from tests.support.models import randomized_model
 
     losses = context_losses(randomized_model().float(), clips=2, frames=4, levels=(0.9,))
     row = losses["t=0.9"]

@@ -5,8 +5,7 @@ import sys
 
 from pomstream.media.mp4 import read_frames
 from pomstream.model import save_model
-
-from .conftest import randomized_model
+from tests.support.models import randomized_model
 
 
 def run_cli(*args):

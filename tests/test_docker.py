@@ -74,3 +74,72 @@ def test_docker_compose_config(tmp_path):
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
                          cwd=ROOT)
     assert res.returncode != 0 and "REDIS_PASSWORD" in res.stderr
+
+
+def _requirements() -> list[str]:
+    lines = (ROOT / "docker" / "api-requirements.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_api_image_is_built_without_torch(compose):
+    """The api service builds the Dockerfile's api stage, which installs only the API's
+    requirements (each as pyproject.toml states it) and pomstream with --no-deps."""
+    import tomllib
+
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    stages = dict(re.findall(r"^FROM \S+ AS (\w+)\n(.*?)(?=^FROM |\Z)", dockerfile,
+                             re.M | re.S))
+    assert "torch" not in stages["api"] and "--no-deps" in stages["api"]
+    assert "torch" in stages["worker"]
+    for folder in ("pomstream", "model", "kernels", "media", "server", "bench"):
+        assert f"COPY {folder} ./{folder}" in stages["source"], folder
+    services = compose["services"]
+    assert services["api"]["build"]["target"] == "api"
+    assert services["worker"]["build"]["target"] == "worker"
+    assert services["worker-cpu"]["build"]["target"] == "worker"
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert set(_requirements()) <= set(deps)
+
+
+def test_api_requirements_cover_what_the_api_loads(tmp_path):
+    """The third-party packages the API process imports all come from the API image's
+    requirements (so the image can run it)."""
+    import json
+    import sys
+
+    code = (
+        "import json, sys, importlib.metadata as md\n"
+        "from pomstream.cli import build_parser\n"
+        "from pomstream.server.roles import run_server\n"
+        "from pomstream.server.http.app import create_app\n"
+        "from pomstream.server.settings import Settings\n"
+        "import uvicorn.protocols.websockets.websockets_sansio_impl\n"
+        "create_app(Settings(redis_url='redis://127.0.0.1:1'))\n"
+        "dists = md.packages_distributions()\n"
+        "tops = {m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)\n"
+        "print(json.dumps(sorted({d for t in tops for d in dists.get(t, [])})))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    # setuptools: the venv's own _distutils_hack; sniffio: imported by anyio only when present
+    optional = {"pomstream", "setuptools", "sniffio"}
+    loaded = {d.lower().replace("_", "-") for d in json.loads(res.stdout)} - optional
+    wanted = {re.split(r"[<>=!~;\[ ]", r)[0].lower() for r in _requirements()}
+    # what the requirements pull in themselves (pydantic-core, starlette, anyio, ...) is
+    # fine; a package no requirement brings would be missing from the image
+    from importlib.metadata import PackageNotFoundError, requires
+
+    closure, todo = set(), list(wanted)
+    while todo:
+        name = todo.pop()
+        if name in closure:
+            continue
+        closure.add(name)
+        try:
+            reqs = requires(name) or []
+        except PackageNotFoundError:  # a conditional requirement not installed here
+            continue
+        for req in reqs:
+            if "extra ==" not in req:
+                todo.append(re.split(r"[<>=!~;\[ (]", req)[0].lower().replace("_", "-"))
+    assert loaded <= closure, sorted(loaded - closure)

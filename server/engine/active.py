@@ -31,7 +31,7 @@ class ActiveJob:
     lost: bool = False  # the lease went to another worker: write nothing more
     progress: int = 0
     done: threading.Event = field(default_factory=threading.Event)
-    live: LiveState | None = None  # set for live sessions (server.sessions)
+    live: LiveState | None = None  # set for live sessions (pomstream.server.store.sessions)
     first_stored: bool = False  # this run stored a fragment (time to first frame is known)
 
     @property

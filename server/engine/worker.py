@@ -4,14 +4,14 @@ Threads
 -------
 A :class:`Worker` runs one *stepping thread* that owns the model. Each pass of its loop:
 
-1. admits jobs from the :class:`~server.queue.JobQueue` while it has free slots
+1. admits jobs from the :class:`~pomstream.server.store.JobQueue` while it has free slots
    (continuous batching: sessions join and leave between frames, never inside one);
 2. drops jobs that were cancelled or deleted, or whose encoding failed;
 3. advances *all* active sessions by one frame in a single ``generator.step(sessions)``.
 
 Everything after the model is done off the stepping thread, on *encode lanes*: a few
 single-thread executors, each job pinned to one lane so its work runs in order. Per frame a
-lane encodes the frame into an fMP4 fragment (:class:`~server.fmp4.LiveEncoder`), appends
+lane encodes the frame into an fMP4 fragment (:class:`~pomstream.media.fmp4.LiveEncoder`), appends
 it to the job's frame stream and publishes progress. A job whose lane falls too far behind
 holds the stepping thread back (bounded memory). A separate *heartbeat thread* refreshes
 the leases of every job the worker holds, so a long step never lets a live job go stale.
@@ -52,15 +52,16 @@ they come back through XAUTOCLAIM once Redis is back.
 
 Live sessions
 -------------
-Jobs of kind ``session`` (design in :mod:`server.sessions`) share the batch with videos.
-Before every frame the worker reads, in one round trip, each session's viewer state (pause,
-what was delivered) and control messages; a session that is paused or a window ahead of its
-viewer sits out of that step, and if nothing may step the thread waits 10 ms. Sessions have
-no end of their own: they end as ``detach`` (viewer gone: snapshot, ack or requeue) or
-``stop`` (completed), and a graceful stop snapshots them where they are before releasing.
+Jobs of kind ``session`` (design in :mod:`pomstream.server.store.sessions`, control in
+:mod:`.live`) share the batch with videos. Before every frame the worker reads, in one
+round trip, each session's viewer state (pause, what was delivered) and control
+messages; a session that is paused or a window ahead of its viewer sits out of that step,
+and if nothing may step the thread waits 10 ms. Sessions have no end of their own: they
+end as ``detach`` (viewer gone: snapshot, ack or requeue) or ``stop`` (completed), and a
+graceful stop snapshots them where they are before releasing.
 
-Metrics (:class:`~server.metrics.WorkerMetrics`): frames by kind, frames/s, time to first
-frame, per-frame latency (step start to fragment stored) and encode time.
+Metrics (:class:`~pomstream.server.metrics.WorkerMetrics`): frames by kind, frames/s, time to
+first frame, per-frame latency (step start to fragment stored) and encode time.
 """
 
 from __future__ import annotations

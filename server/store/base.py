@@ -6,7 +6,8 @@ is a mixin over :class:`StoreBase`; :class:`~.queue.JobQueue` puts them together
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 import redis
@@ -26,7 +27,7 @@ class StoreBase:
     """
 
     def __init__(self, redis_client: redis.Redis, prefix: str = "pomstream",
-                 claim_idle_ms: int = 30_000):
+                 claim_idle_ms: int = 30_000, clock: Callable[[], float] = time.time):
         kwargs = redis_client.connection_pool.connection_kwargs
         if kwargs.get("decode_responses"):
             raise ValueError("JobQueue needs a client with decode_responses=False")
@@ -37,6 +38,7 @@ class StoreBase:
         self.redis = redis_client
         self.keys = Keys(prefix)
         self.claim_idle_ms = claim_idle_ms
+        self.clock = clock  # unix time for limits and rate windows (tests freeze it)
         self._socket_timeout: float | None = kwargs.get("socket_timeout")
         self._claim_cursor = "0-0"
         scripts = {"submit": lua.SUBMIT, "heartbeat": lua.HEARTBEAT, "ack": lua.ACK,

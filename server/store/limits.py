@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 from .base import StoreBase
 from .errors import redis_errors
@@ -22,7 +21,7 @@ class LimitsMixin(StoreBase):
         ``submitted`` yet counts for ``grace_s`` until ``confirm_slot``."""
         check_id(owner, "owner")
         check_id(job_id, "job id")
-        now = int(time.time())
+        now = int(self.clock())
         return bool(self._script("claim_slot", [self.keys.owner(owner)],
                                  [self.keys.job_prefix, int(limit), job_id, now,
                                   int(grace_s), 0 if submitted else now]))
@@ -41,7 +40,7 @@ class LimitsMixin(StoreBase):
         """Count a request of ``owner`` in the current window: 0 if it is within
         ``limit`` requests per ``window_s``, else the seconds until the window ends."""
         check_id(owner, "owner")
-        now = time.time()
+        now = self.clock()
         window = int(now // window_s)
         key = self.keys.rate(owner, window)
         pipe = self.redis.pipeline(transaction=True)

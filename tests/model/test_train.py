@@ -68,6 +68,7 @@ def test_checkpoint_reloads_exactly_and_resume_continues(tmp_path):
     assert torch.equal(model(x, t, cond), ema.eval()(x, t, cond))
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_two_processes(tmp_path):
     """Multi-process data parallel training (gloo on CPU, NCCL on GPUs) runs and saves."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")

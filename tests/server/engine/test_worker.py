@@ -12,8 +12,8 @@ from pomstream.server.engine.jobs import VideoJob
 from pomstream.server.engine.worker import Worker
 from pomstream.server.storage import LocalStorage
 from pomstream.server.store import JobQueue
-from tests.conftest import randomized_model
-from tests.test_server_support import decode, wait_for
+from tests.support.models import randomized_model
+from tests.support.servers import decode, wait_for
 
 KEYFRAMES = 4
 

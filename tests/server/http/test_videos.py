@@ -4,7 +4,6 @@ official ``openai`` client, httpx and a WebSocket client; PyAV decodes what come
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -16,8 +15,8 @@ from pomstream.model import StreamGenerator, load_model
 from pomstream.server.runtime import Runtime, make_queue
 from pomstream.server.settings import Settings, model_info
 from pomstream.server.storage import LocalStorage
-from tests.redis_helpers import free_port
-from tests.test_server_support import (
+from tests.support.redis import free_port
+from tests.support.servers import (
     ThreadServer,
     api_only_server,
     assert_openai_error,
@@ -27,8 +26,6 @@ from tests.test_server_support import (
     ws_collect,
     ws_url,
 )
-
-pytest_plugins = ["tests.redis_fixture", "tests.test_server_support"]
 
 FPS = 8  # the tiny model's frame rate: a second is 8 frames
 SIZE = "16x16"
@@ -334,7 +331,8 @@ def limited_server(redis_server, tiny_model_file, tmp_path):
     """API only (no worker: videos stay queued) on the real Redis, with small limits."""
     with api_only_server(tmp_path, api_keys="k1,k2", model=str(tiny_model_file),
                          redis_url=redis_server.url, redis_prefix=f"limits{tmp_path.name}",
-                         rate_limit_per_minute=40, max_active_per_key=2) as srv:
+                         rate_limit_per_minute=40, max_active_per_key=2,
+                         clock=lambda: 1_800_000_030.0) as srv:  # mid-window, frozen
         yield srv
 
 
@@ -358,11 +356,8 @@ def test_per_key_limits_on_running_work_and_request_rate(limited_server):
     assert post(k1).status_code == 200, "a finished (here: deleted) video frees its slot"
     assert second["status"] == "queued"
 
-    # the rate window is the wall-clock minute: start the burst well inside one, so that the
-    # request checked below is refused in the same window as the burst
-    left = 60 - time.time() % 60
-    if left < 15:
-        time.sleep(left + 0.2)
+    # the store's clock is frozen 30 s into a rate window: the burst and the request checked
+    # below fall in the same window, whatever the wall clock says
     codes = [httpx.get(f"{url}/v1/videos", headers=k2).status_code for _ in range(45)]
     assert codes.count(200) <= 40 and 429 in codes
     limited = httpx.get(f"{url}/v1/videos", headers=k2)

@@ -13,10 +13,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from pomstream.server.store import JobQueue
-from tests.redis_helpers import free_port
-from tests.test_server_support import ServerProcess, decode, wait_for
-
-pytest_plugins = ["tests.redis_fixture", "tests.test_server_support"]
+from tests.support.redis import free_port
+from tests.support.servers import ServerProcess, decode, wait_for
 
 PREFIX = "live"
 WINDOW = 4
@@ -170,6 +168,7 @@ def test_start_prompt_pause_resume_fork_stop(server, queue):
     stopped.close()
 
 
+@pytest.mark.slow
 def test_disconnect_restart_resume_continues_identically(redis_server, tiny_model_file,
                                                          tmp_path, queue):
     proc = start_server(redis_server, tiny_model_file, tmp_path)
@@ -324,6 +323,7 @@ def test_live_session_on_the_in_process_backend(tiny_model_file, tmp_path):
         assert proc.stop() == 0, proc.log()
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_session_another_continues_identically(redis_server,
                                                                  tiny_model_file, tmp_path):
     common = ["--prefix", "livecrash", "--claim-idle-ms", "1500"]
@@ -367,7 +367,7 @@ def test_sessions_need_the_api_key(tiny_model_file, tmp_path):
     from pomstream.server.runtime import Runtime, make_queue
     from pomstream.server.settings import Settings, model_info
     from pomstream.server.storage import LocalStorage
-    from tests.test_server_support import ThreadServer
+    from tests.support.servers import ThreadServer
 
     settings = Settings(api_keys="k1", model=str(tiny_model_file), storage_dir=tmp_path)
     runtime = Runtime(settings, make_queue(settings), LocalStorage(tmp_path),

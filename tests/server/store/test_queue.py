@@ -20,11 +20,9 @@ from pomstream.server.store import (
     QueueUnavailable,
     StreamClosed,
 )
-from tests.redis_helpers import RedisServer, make_client
+from tests.support.redis import RedisServer, make_client
 
 # The redis_server (session) and redis_client fixtures; tests/conftest.py stays untouched.
-pytest_plugins = ["tests.redis_fixture"]
-
 IDLE_MS = 300  # claim_idle_ms in tests: short, with room for a loaded CPU
 
 

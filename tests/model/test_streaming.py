@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from pomstream.model import SnapshotError, StreamGenerator, load_model, save_model
-
-from .conftest import randomized_model
+from tests.support.models import randomized_model
 
 
 def rel_err(a, b):

@@ -9,9 +9,7 @@ import os
 
 import pytest
 
-from tests.test_server_support import shared_server
-
-pytest_plugins = ["tests.redis_fixture", "tests.test_server_support"]
+from tests.support.servers import shared_server
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -76,6 +74,7 @@ def assert_playing(page, min_frames: int) -> dict:
     return later
 
 
+@pytest.mark.slow
 def test_page_plays_a_video(page):
     assert page.evaluate("MediaSource.isTypeSupported('video/mp4; codecs=\"avc1.64000a\"')")
     page.fill("#prompt", "digits 3 and 7")
@@ -85,6 +84,7 @@ def test_page_plays_a_video(page):
     page.wait_for_function("window.pomstream.status === 'completed'", timeout=60_000)
 
 
+@pytest.mark.slow
 def test_page_plays_resumes_and_forks_a_live_session(page):
     page.check("#live")
     page.fill("#prompt", "digit 5")

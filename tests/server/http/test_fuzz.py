@@ -8,9 +8,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from tests.test_server_support import api_only_server
-
-pytest_plugins = ["tests.redis_fixture", "tests.test_server_support"]
+from tests.support.servers import api_only_server
 
 KEY = "fuzz-key"
 

@@ -15,7 +15,7 @@ from pomstream.kernels.pom.aggregate import naive as agg
 from pomstream.kernels.pom.select import naive as sel
 from pomstream.kernels.pom.state_update import naive as upd
 from pomstream.model.pom import PoM
-from tests.conftest import randomized_model
+from tests.support.models import randomized_model
 
 DEVICES = [
     pytest.param("cpu", marks=pytest.mark.skipif(

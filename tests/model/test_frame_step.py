@@ -5,7 +5,7 @@ import torch
 
 from pomstream.model import StreamGenerator
 from pomstream.model.frame_step import FrameStep
-from tests.conftest import randomized_model
+from tests.support.models import randomized_model
 
 
 def inputs(model, n, device="cpu", dtype=torch.float64, frames_done=2):

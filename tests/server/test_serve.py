@@ -8,10 +8,8 @@ import sys
 
 import httpx
 
-from tests.redis_helpers import free_port
-from tests.test_server_support import ROOT, ServerProcess, decode, wait_for, ws_collect, ws_url
-
-pytest_plugins = ["tests.test_server_support"]
+from tests.support.redis import free_port
+from tests.support.servers import ROOT, ServerProcess, decode, wait_for, ws_collect, ws_url
 
 
 def test_serve_without_redis_makes_a_video(tiny_model_file, tmp_path):

@@ -1,8 +1,8 @@
-"""Helpers and fixtures for the server tests: server processes, a tiny model, clients.
+"""Helpers for the server tests: server processes, clients, decoding.
 
-Server tests use them with ``pytest_plugins = ["tests.redis_fixture",
-"tests.test_server_support"]``. Every server runs the tiny model with one torch thread and
-two sampling steps, so a frame costs milliseconds even on a loaded machine.
+Every server runs the tiny model (the ``tiny_model_file`` fixture, tests/conftest.py) with
+one torch thread and two sampling steps, so a frame costs milliseconds even on a loaded
+machine.
 """
 
 from __future__ import annotations
@@ -22,22 +22,13 @@ from pathlib import Path
 import av
 import httpx
 import numpy as np
-import pytest
 from websockets.sync.client import connect
 
-from pomstream.model import save_model
-from tests.conftest import randomized_model
-from tests.redis_helpers import free_port
+from tests.support.redis import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = 2
 SNAPSHOT_EVERY = 4
-
-
-@pytest.fixture(scope="session")
-def tiny_model_file(tmp_path_factory) -> Path:
-    return save_model(randomized_model().float(),
-                      tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, every: float = 0.05,
@@ -203,9 +194,10 @@ def shared_server(redis_server, model_file: Path, tmp_path_factory, prefix: str,
 
 
 @contextlib.contextmanager
-def api_only_server(storage_dir: Path, **settings_fields) -> Iterator[ThreadServer]:
+def api_only_server(storage_dir: Path, clock=None, **settings_fields) -> Iterator[ThreadServer]:
     """The API without a worker, in a thread (videos stay queued); its queue is on the
-    Redis that ``redis_url`` names, or in-process without one."""
+    Redis that ``redis_url`` names, or in-process without one; ``clock`` replaces the
+    store's (limits and rate windows)."""
     from pomstream.server.http.app import create_app
     from pomstream.server.runtime import Runtime, make_queue
     from pomstream.server.settings import Settings, model_info
@@ -214,5 +206,7 @@ def api_only_server(storage_dir: Path, **settings_fields) -> Iterator[ThreadServ
     settings = Settings(storage_dir=storage_dir, **settings_fields)
     runtime = Runtime(settings, make_queue(settings), LocalStorage(storage_dir),
                       model_info(settings.model))
+    if clock is not None:
+        runtime.queue.clock = clock
     with ThreadServer(create_app(settings, runtime)) as srv:
         yield srv

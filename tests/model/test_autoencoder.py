@@ -111,6 +111,7 @@ def test_latent_model_streams_frames_of_the_frame_size():
     assert all(f.shape == (16, 16, 3) and f.dtype == np.uint8 for f in frames)
 
 
+@pytest.mark.slow
 def test_training_writes_loadable_weights(tmp_path):
     lines = []
     path = tmp_path / "ae.safetensors"

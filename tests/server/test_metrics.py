@@ -11,9 +11,7 @@ import pytest
 from websockets.sync.client import connect
 
 from pomstream.server.metrics import Counter, Histogram, RateMeter
-from tests.test_server_support import shared_server, wait_for
-
-pytest_plugins = ["tests.redis_fixture", "tests.test_server_support"]
+from tests.support.servers import shared_server, wait_for
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
 
@@ -93,6 +91,7 @@ def test_metrics_move_when_a_video_is_made(server):
     assert after["pomstream_queue_depth"] == 0 and after["pomstream_jobs_held"] == 0
 
 
+@pytest.mark.slow
 def test_metrics_count_live_sessions(server):
     url = server.url.replace("http://", "ws://") + "/v1/sessions"
     with connect(url, open_timeout=10) as ws:

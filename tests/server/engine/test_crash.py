@@ -15,15 +15,15 @@ import torch
 from pomstream.media.fmp4 import LiveEncoder
 from pomstream.model import StreamGenerator, load_model
 from pomstream.server.store import FragmentEntry, JobQueue
-from tests.redis_helpers import RedisServer, free_port
-from tests.test_server_support import SNAPSHOT_EVERY, STEPS, ServerProcess, decode, wait_for
-
-pytest_plugins = ["tests.redis_fixture", "tests.test_server_support"]
+from tests.support.redis import RedisServer, free_port
+from tests.support.servers import SNAPSHOT_EVERY, STEPS, ServerProcess, decode, wait_for
 
 PREFIX = "crash"
 CLAIM_IDLE_MS = 1500
 PROMPT = "digits 4 and 2"
 FPS = 8
+
+pytestmark = pytest.mark.slow  # real processes killed and restarted
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,23 @@
+"""Per-owner limits against a real redis-server, with the store's clock under the test's
+control (no waiting for the wall-clock minute)."""
+
+from pomstream.server.store import JobQueue
+
+
+def test_rate_window_follows_the_store_clock(redis_client):
+    now = [1_800_000_010.0]  # 10 s into a minute
+    queue = JobQueue(redis_client, prefix="rate", clock=lambda: now[0])
+    assert [queue.hit_rate("o1", 2) for _ in range(2)] == [0, 0]
+    assert queue.hit_rate("o1", 2) == 50  # seconds until the window ends
+    assert queue.hit_rate("o2", 2) == 0  # owners are counted apart
+    now[0] += 50.5  # the next window
+    assert queue.hit_rate("o1", 2) == 0
+
+
+def test_a_claimed_slot_counts_for_its_grace_only(redis_client):
+    now = [1_800_000_000.0]
+    queue = JobQueue(redis_client, prefix="slots", clock=lambda: now[0])
+    assert queue.claim_slot("o", "job_a", limit=1, grace_s=30)
+    assert not queue.claim_slot("o", "job_b", limit=1, grace_s=30)  # a's claim holds
+    now[0] += 31  # a was never submitted: its claim lapsed
+    assert queue.claim_slot("o", "job_b", limit=1, grace_s=30)
