@@ -32,7 +32,8 @@ def save_model(model: VideoDiT, path: str | Path, extra: dict | None = None) -> 
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)  # atomic: a crash never leaves half a model under the real name
-    card = {"config": json.loads(model.cfg.to_json()), **(extra or {})}
+    card = {"config": json.loads(model.cfg.to_json()),
+            "prompts": model.cfg.prompt_rules.describe(), **(extra or {})}
     path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return path
 

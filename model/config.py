@@ -125,22 +125,8 @@ REGISTRY: dict[str, ModelConfig] = {
     "pom-dit-tiny": ModelConfig(name="pom-dit-tiny", frame_size=16, patch=4, dim=32, depth=2,
                                 n_sel_heads=4, prompt_dim=16, max_prompt_bytes=32,
                                 train_clip_frames=4),
-    # demo: the bundled Moving-digits model, trained on a CPU
-    # (per-channel gates and larger initial coefficients: with the paper's tiny
-    # coefficients and 8 gates, PoM stayed nearly silent through a 2,000-step CPU run and
-    # every patch was generated on its own; see the README's model card)
-    # (local_mixer: PoM pools globally, so neighbouring patches only learn to agree
-    # slowly; a 3x3 depthwise conv in the MLP, as in linear-attention DiTs such as SANA,
-    # gives them a direct path; see the README's model card for the measurement)
-    # (temporal_mixer: with one global state of 256 numbers a layer, a 2,000-step model's
-    # loss on frame 7 given clean frames 0-6 was no lower than on frame 0: the past did not
-    # reach the present; per-position states carry it, see the README's model card)
-    # (autoencoder: in pixel space, with 8x8-pixel patches, a 5,000-step CPU model drew
-    # speckled blobs, never strokes, and prompt accuracy stayed at 0.01; on the conv-f4
-    # autoencoder's 4 x 16 x 16 latents, patch 2, the same 64 tokens a frame, see the
-    # README's model card)
-    # (prompt_encoder, cond_norm: the byte encoder's prompt moved adaLN's input by 2-3%
-    # and the model drew the same scribble for every digit; see the README's model card)
+    # demo: the bundled Moving-digits model, trained on a CPU (why each choice differs
+    # from the defaults, with its measurement: the README's model card)
     "pom-dit-demo": ModelConfig(name="pom-dit-demo", autoencoder="conv-f4", patch=2,
                                 coeff_init=0.1, train_clip_frames=8, local_mixer=True,
                                 temporal_mixer="per_position", prompt_encoder="digits",

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import struct
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -337,10 +336,3 @@ class StreamGenerator:
         x0 = make_sampler(p.sampler, p.steps, self.cfg.timestep_shift).sample(velocity, x)
         self._fold_latents(sessions, x0, cond, states)
         return self.autoencoder.decode(x0)
-
-    def generate(self, prompt: str, frames: int, seed: int = 0, **params) -> Iterator[np.ndarray]:
-        """Frames of one new video, one at a time."""
-        session = self.session(prompt, seed, **params)
-        for _ in range(frames):
-            yield session.next_frame()
-

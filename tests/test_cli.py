@@ -52,3 +52,14 @@ def test_bench_takes_its_own_options(tmp_path, capsys):
     assert cli_main(["bench", "--model", "pom-dit-tiny", "--frames", "20", "--threads", "1",
                      "--json", str(out)]) == 0
     assert "pom-dit-tiny x1" in capsys.readouterr().out and out.exists()
+
+
+def test_a_digit_model_refuses_other_prompts_with_an_example(tmp_path):
+    path = save_model(randomized_model(prompt_encoder="digits", cond_norm=True).float(),
+                      tmp_path / "digits.safetensors")
+    card = (tmp_path / "digits.json").read_text()
+    assert '"kind": "digits"' in card and "digits 3 and 7" in card  # the card says what it reads
+    res = run_cli("generate", "--model", str(path), "--prompt", "a cat", "--frames", "2",
+                  "--output", str(tmp_path / "x.mp4"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "pomstream generate: error:" in res.stderr and "digits 3 and 7" in res.stderr
