@@ -18,7 +18,7 @@ async def read_body(request: Request, files: bool = False) -> dict[str, Any]:
     if ctype == "application/json":
         try:
             body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, huge ints, nesting
             raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from None
         if not isinstance(body, dict):
             raise ApiError(400, "body must be a JSON object", code="invalid_json")

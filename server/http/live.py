@@ -184,8 +184,8 @@ class LiveConnection:
             raise ProtocolError(f"message longer than {MAX_MESSAGE_CHARS} characters")
         try:
             body = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ProtocolError(f"message is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # bad JSON, huge ints, deep nesting
+            raise ProtocolError(f"message is not valid JSON: {str(exc)[:200]}") from None
         if not isinstance(body, dict) or not isinstance(body.get("type"), str):
             raise ProtocolError('a message is a JSON object with a string "type"')
         return body

@@ -15,7 +15,7 @@ from typing import Any
 from pomstream.model.prompts import PromptError, PromptRules
 from pomstream.server.store import check_id
 
-SECONDS_RE = re.compile(r"^\s*\d{1,6}\s*$")
+SECONDS_RE = re.compile(r"^[ \t]*[0-9]{1,6}[ \t]*$")  # ASCII digits only
 MAX_SEED = 2**63
 
 
@@ -27,11 +27,26 @@ class Invalid(ValueError):
         self.code, self.message, self.param = code, message, param
 
 
+def no_bool(value: Any) -> Any:
+    """For number fields: JSON true/false is not a number (pydantic would take it as 1/0)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
 def check_prompt(prompt: Any, rules: PromptRules) -> str:
-    """A non-empty prompt this model can read (its length, and its grammar for models
-    that understand only one)."""
+    """A prompt this model can read: text with at least one visible character, valid
+    Unicode (no lone surrogates), within the model's length (and grammar, for models that
+    understand only one)."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise Invalid("invalid_prompt", "prompt must be a non-empty string", "prompt")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid("invalid_prompt", "prompt must be valid Unicode text (it holds a lone "
+                      "surrogate)", "prompt") from None
+    if not any(ch.isprintable() and not ch.isspace() for ch in prompt):
+        raise Invalid("invalid_prompt", "prompt must contain a visible character", "prompt")
     try:
         return rules.check(prompt)
     except PromptError as exc:
@@ -59,6 +74,9 @@ def parse_seconds(value: int | str | None, default: int, maximum: int) -> int:
     """A whole number of seconds in 1..maximum ("4" or 4); ``default`` when absent."""
     if value is None:
         return default
+    if isinstance(value, bool):
+        raise Invalid("invalid_seconds", "seconds must be a whole number, not true or false",
+                      "seconds")
     if isinstance(value, str):
         if not SECONDS_RE.match(value):
             raise Invalid("invalid_seconds", f"seconds must be a whole number, got {value!r}",

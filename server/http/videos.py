@@ -21,7 +21,7 @@ from typing import Any, Literal
 import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from pomstream.server.engine.jobs import VideoJob
 from pomstream.server.http.bodies import openapi_body, parse_body, read_body
@@ -32,6 +32,7 @@ from pomstream.server.http.validation import (
     check_seed,
     check_size,
     check_video_id,
+    no_bool,
     parse_seconds,
 )
 from pomstream.server.logs import log_event
@@ -59,6 +60,8 @@ class CreateVideoRequest(BaseModel):
     size: str | None = None
     seed: int | None = None
 
+    _no_bools = field_validator("seconds", "seed", mode="before")(no_bool)
+
 
 class RemixRequest(BaseModel):
     """The body of ``POST /v1/videos/{id}/remix``: the new prompt."""
@@ -84,6 +87,8 @@ class ExtendRequest(BaseModel):
     prompt: str
     seconds: int | str
     video: VideoReference
+
+    _no_bools = field_validator("seconds", mode="before")(no_bool)
 
 
 def build_job(req: CreateVideoRequest, info: ModelInfo, settings: Settings) -> VideoJob:
