@@ -16,6 +16,7 @@ without keys.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # keys that see and act on every key's videos and sessions (operators); they are
+    # valid API keys too
+    admin_api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # worker
     worker_id: str | None = None
     metrics_port: int | None = Field(None, ge=0, le=65535)  # `worker`: serve /metrics here
@@ -79,16 +83,25 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, ge=1)  # HTTP requests and WebSocket opens
     max_active_per_key: int = Field(16, ge=1)  # videos queued or running + live sessions
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value):
         if isinstance(value, str):
             value = value.split(",")
         return [k.strip() for k in value if k and k.strip()]
 
+    @property
+    def all_keys(self) -> list[str]:
+        """Every key the API accepts (tenants' and admins')."""
+        return self.api_keys + self.admin_api_keys
+
+    def is_admin(self, key: str | None) -> bool:
+        return key is not None and any(hmac.compare_digest(key.encode(), k.encode())
+                                       for k in self.admin_api_keys)
+
     def check_exposure(self) -> None:
         """Refuse to serve without keys on a non-loopback address; warn on loopback."""
-        if self.api_keys:
+        if self.all_keys:
             return
         if not is_loopback(self.host):
             raise SettingsError(

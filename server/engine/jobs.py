@@ -50,12 +50,14 @@ class VideoJob:
     # continued from its final snapshot (only the new frames are computed)
     extends: str | None = None
     source_frames: int = 0
+    owner: str = "local"  # the hash of the API key that asked for it (see http/deps.py)
 
     def payload(self) -> dict[str, Any]:
         return {"kind": "video", "id": self.id, "prompt": self.prompt, "frames": self.frames,
                 "seed": self.seed, "seconds": self.seconds, "size": self.size,
                 "model": self.model, "remixed_from_video_id": self.remixed_from_video_id,
-                "extends": self.extends, "source_frames": self.source_frames}
+                "extends": self.extends, "source_frames": self.source_frames,
+                "owner": self.owner}
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> VideoJob:
@@ -66,7 +68,8 @@ class VideoJob:
                       model=str(data["model"]),
                       remixed_from_video_id=data.get("remixed_from_video_id"),
                       extends=data.get("extends") and check_id(data["extends"], "video id"),
-                      source_frames=int(data.get("source_frames") or 0))
+                      source_frames=int(data.get("source_frames") or 0),
+                      owner=check_id(str(data.get("owner") or "local"), "owner"))
         except (KeyError, TypeError, ValueError) as exc:
             raise JobError("invalid_job", f"malformed job payload: {exc}") from exc
         if not 0 <= job.source_frames < job.frames:
@@ -105,18 +108,20 @@ class SessionJob:
     model: str
     base: int = 0  # frame index of fragment 0 (a fork's starting frame)
     forked_from: str | None = None
+    owner: str = "local"  # the hash of the API key that started it (forks inherit it)
     frames = None  # unlimited
 
     def payload(self) -> dict[str, Any]:
         return {"kind": "session", "id": self.id, "prompt": self.prompt, "seed": self.seed,
                 "size": self.size, "model": self.model, "base": self.base,
-                "forked_from": self.forked_from, "state": "queued"}
+                "forked_from": self.forked_from, "owner": self.owner, "state": "queued"}
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> SessionJob:
         return cls(id=check_id(data["id"], "session id"), prompt=str(data["prompt"]),
                    seed=int(data["seed"]), size=str(data["size"]), model=str(data["model"]),
-                   base=int(data.get("base") or 0), forked_from=data.get("forked_from"))
+                   base=int(data.get("base") or 0), forked_from=data.get("forked_from"),
+                   owner=check_id(str(data.get("owner") or "local"), "owner"))
 
 
 def new_session_id() -> str:
@@ -125,7 +130,8 @@ def new_session_id() -> str:
 
 def fork_job(parent: SessionJob, prompt: str, frame: int) -> SessionJob:
     return SessionJob(id=new_session_id(), prompt=prompt, seed=parent.seed, size=parent.size,
-                      model=parent.model, base=frame, forked_from=parent.id)
+                      model=parent.model, base=frame, forked_from=parent.id,
+                      owner=parent.owner)
 
 
 def is_session(lease: Lease) -> bool:

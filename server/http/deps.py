@@ -6,6 +6,11 @@ process's :class:`~pomstream.server.roles.Runtime`), :data:`SettingsDep`, :data:
 against its request rate). WebSockets check the same rules before accepting
 (:func:`ws_owner`).
 
+Tenancy: every video and session records its owner (a hash of the key that made it, as
+the limits use); a key sees and acts on its own only, anything else is a 404 (no
+existence leak); ``admin_api_keys`` see everything. Without keys, every loopback client
+is the one owner ``local``.
+
 Auth: with ``api_keys`` set, every route but the health checks needs ``Authorization:
 Bearer <key>``; WebSockets may also pass ``?api_key=<key>`` or offer the subprotocol
 ``bearer.<key>`` (browsers cannot set headers on a WebSocket). Without keys the server only
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
@@ -42,7 +48,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 def key_ok(settings: Settings, key: str | None) -> bool:
     return key is not None and any(hmac.compare_digest(key.encode(), k.encode())
-                                   for k in settings.api_keys)
+                                   for k in settings.all_keys)
 
 
 def bearer(header: str | None) -> str | None:
@@ -52,7 +58,7 @@ def bearer(header: str | None) -> str | None:
 
 
 def check_access(settings: Settings, client_host: str | None, key: str | None) -> None:
-    if not settings.api_keys:  # the server is bound to loopback; a proxy could still forward
+    if not settings.all_keys:  # bound to loopback; a proxy could still forward
         if client_host is not None and not is_loopback(client_host):
             raise ApiError(403, "this server has no API keys configured and only accepts "
                            "connections from loopback", code="forbidden",
@@ -116,14 +122,33 @@ def authorized(request: Request, settings: SettingsDep) -> str | None:
 Key = Annotated[str | None, Depends(authorized)]
 
 
-def rate_limited_owner(key: Key, rt: RuntimeDep, settings: SettingsDep) -> str:
-    """The owner of the request's key, after counting the request against its rate."""
-    owner = owner_of(key)
-    check_rate(rt.queue, settings, owner)
-    return owner
+@dataclass(frozen=True)
+class Tenant:
+    """Who a request acts for: ``owner`` (the hash of its key, ``local`` without keys) and
+    whether the key is an admin's, which sees and acts on everyone's jobs."""
+
+    owner: str
+    admin: bool = False
+
+    def owns(self, record: dict[str, Any]) -> bool:
+        """May this tenant see and act on the job of ``record``? (Records made before
+        tenancy belong to ``local``.)"""
+        return self.admin or record.get("owner", "local") == self.owner
+
+    @property
+    def listing(self) -> str:
+        """The owner whose listing this tenant reads (``*``: everyone's, for admins)."""
+        return "*" if self.admin else self.owner
 
 
-Owner = Annotated[str, Depends(rate_limited_owner)]
+def rate_limited_tenant(key: Key, rt: RuntimeDep, settings: SettingsDep) -> Tenant:
+    """The request's tenant, after counting the request against its key's rate."""
+    tenant = Tenant(owner_of(key), settings.is_admin(key))
+    check_rate(rt.queue, settings, tenant.owner)
+    return tenant
+
+
+Owner = Annotated[Tenant, Depends(rate_limited_tenant)]
 
 
 def ws_key(ws: WebSocket) -> tuple[str | None, str | None]:
@@ -145,8 +170,8 @@ async def deny(ws: WebSocket, error: ApiError) -> None:
         await ws.close(code=1008, reason=error.message[:120])
 
 
-async def ws_owner(ws: WebSocket) -> tuple[str, str | None] | None:
-    """Check a WebSocket's key and rate before accepting it: (owner, subprotocol to answer
+async def ws_owner(ws: WebSocket) -> tuple[Tenant, str | None] | None:
+    """Check a WebSocket's key and rate before accepting it: (tenant, subprotocol to answer
     with), or None after refusing the handshake."""
     key, subprotocol = ws_key(ws)
     settings, rt = ws.app.state.settings, ws.app.state.runtime
@@ -159,4 +184,4 @@ async def ws_owner(ws: WebSocket) -> tuple[str, str | None] | None:
     except QueueUnavailable:
         await deny(ws, unavailable())
         return None
-    return owner_of(key), subprotocol
+    return Tenant(owner_of(key), settings.is_admin(key)), subprotocol

@@ -51,7 +51,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from pomstream.server.engine.jobs import SessionJob, WorkerDead, new_session_id
-from pomstream.server.http.deps import claim_slot, submit_within_limit, ws_owner
+from pomstream.server.http.deps import Tenant, claim_slot, submit_within_limit, ws_owner
 from pomstream.server.http.errors import ApiError, unavailable
 from pomstream.server.http.follow import StreamFollower
 from pomstream.server.http.validation import (
@@ -112,9 +112,9 @@ async def sessions(ws: WebSocket) -> None:
     allowed = await ws_owner(ws)
     if allowed is None:
         return
-    owner, subprotocol = allowed
+    tenant, subprotocol = allowed
     await ws.accept(subprotocol=subprotocol)
-    conn = LiveConnection(ws, ws.app.state.settings, owner)
+    conn = LiveConnection(ws, ws.app.state.settings, tenant)
     ws.app.state.live_viewers += 1
     try:
         await conn.run()
@@ -140,8 +140,10 @@ async def sessions(ws: WebSocket) -> None:
 class LiveConnection:
     """One client's WebSocket: its session, the frame forwarder and the control loop."""
 
-    def __init__(self, ws: WebSocket, settings: Settings, owner: str = "local"):
-        self.ws, self.settings, self.owner = ws, settings, owner
+    def __init__(self, ws: WebSocket, settings: Settings, tenant: Tenant | None = None):
+        self.ws, self.settings = ws, settings
+        self.tenant = tenant or Tenant("local")
+        self.owner = self.tenant.owner
         self.rt, self.store = ws.app.state.runtime, session_store(ws)
         self.sid: str | None = None
         self.token = secrets.token_hex(8)
@@ -235,7 +237,7 @@ class LiveConnection:
         self.client_acks = self.check_ack_flag(msg)
         if self.rt.worker is not None:  # serve: its only worker died, nothing would run
             self.rt.worker.check_alive()
-        job = SessionJob(new_session_id(), prompt, seed, size, info.name)
+        job = SessionJob(new_session_id(), prompt, seed, size, info.name, owner=self.owner)
         await self.within_limit(submit_within_limit, self.rt.queue, self.settings,
                                 self.owner, job.payload(),
                                 functools.partial(self.store.prepare, job.id, self.token))
@@ -249,7 +251,7 @@ class LiveConnection:
         if not is_session_id(sid):
             raise BadValue("invalid_session_id", "session_id must be a session id (sess_...)")
         record = await self.call(self.rt.queue.get_job, sid)
-        if record is None or record.get("kind") != "session":
+        if record is None or record.get("kind") != "session" or not self.tenant.owns(record):
             raise BadValue("not_found", f"no session with id {sid!r}")
         self.client_acks = self.check_ack_flag(msg)
         job = SessionJob.from_payload(record).payload()

@@ -36,7 +36,7 @@ async def stream(ws: WebSocket, video_id: str):
     allowed = await ws_owner(ws)
     if allowed is None:
         return
-    _, subprotocol = allowed
+    tenant, subprotocol = allowed
     rt = ws.app.state.runtime
     try:
         check_video_id(video_id)
@@ -45,7 +45,7 @@ async def stream(ws: WebSocket, video_id: str):
         return await deny(ws, invalid(exc))
     except QueueUnavailable:
         return await deny(ws, unavailable())
-    if record is None or record.get("kind", "video") != "video":
+    if record is None or record.get("kind", "video") != "video" or not tenant.owns(record):
         return await deny(ws, not_found(video_id))
     await ws.accept(subprotocol=subprotocol)
     # A receive task notices a viewer that went away while the job is still queued.

@@ -25,7 +25,13 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from pomstream.server.engine.jobs import VideoJob
 from pomstream.server.http.bodies import openapi_body, parse_body, read_body
-from pomstream.server.http.deps import Owner, RuntimeDep, SettingsDep, submit_within_limit
+from pomstream.server.http.deps import (
+    Owner,
+    RuntimeDep,
+    SettingsDep,
+    Tenant,
+    submit_within_limit,
+)
 from pomstream.server.http.errors import ApiError, not_found
 from pomstream.server.http.validation import (
     check_prompt,
@@ -91,7 +97,8 @@ class ExtendRequest(BaseModel):
     _no_bools = field_validator("seconds", mode="before")(no_bool)
 
 
-def build_job(req: CreateVideoRequest, info: ModelInfo, settings: Settings) -> VideoJob:
+def build_job(req: CreateVideoRequest, info: ModelInfo, settings: Settings,
+              owner: str = "local") -> VideoJob:
     """Check a request against the model and the limits; the job to queue."""
     prompt = check_prompt(req.prompt, info.prompt_rules)
     if req.model is not None and req.model not in (info.name, settings.model):
@@ -101,21 +108,22 @@ def build_job(req: CreateVideoRequest, info: ModelInfo, settings: Settings) -> V
     seconds = parse_seconds(req.seconds, settings.default_seconds, settings.max_seconds)
     seed = check_seed(req.seed)
     return VideoJob(id=new_job_id("video"), prompt=prompt, frames=seconds * info.fps,
-                    seed=seed, seconds=str(seconds), size=size, model=info.name)
+                    seed=seed, seconds=str(seconds), size=size, model=info.name, owner=owner)
 
 
-def remix_job(source: dict[str, Any], req: RemixRequest, info: ModelInfo) -> VideoJob:
+def remix_job(source: dict[str, Any], req: RemixRequest, info: ModelInfo,
+              owner: str = "local") -> VideoJob:
     """A new video like ``source`` (same seed, length and size) with another prompt: the
     same noise drawn into other content."""
     _require_completed(source)
     return VideoJob(id=new_job_id("video"), prompt=check_prompt(req.prompt, info.prompt_rules),
                     frames=int(source["frames"]), seed=int(source["seed"]),
                     seconds=str(source["seconds"]), size=str(source["size"]),
-                    model=info.name, remixed_from_video_id=source["id"])
+                    model=info.name, remixed_from_video_id=source["id"], owner=owner)
 
 
 def extension_job(source: dict[str, Any], req: ExtendRequest, info: ModelInfo,
-                  settings: Settings) -> VideoJob:
+                  settings: Settings, owner: str = "local") -> VideoJob:
     """``source``'s frames followed by ``req.seconds`` new ones, generated on from the
     state saved after its last frame (the new video's ``seconds`` is the total)."""
     _require_completed(source)
@@ -128,7 +136,8 @@ def extension_job(source: dict[str, Any], req: ExtendRequest, info: ModelInfo,
     return VideoJob(id=new_job_id("video"), prompt=check_prompt(req.prompt, info.prompt_rules),
                     frames=int(source["frames"]) + seconds * info.fps,
                     seed=int(source["seed"]), seconds=str(total), size=str(source["size"]),
-                    model=info.name, extends=source["id"], source_frames=int(source["frames"]))
+                    model=info.name, extends=source["id"], source_frames=int(source["frames"]),
+                    owner=owner)
 
 
 def _require_completed(source: dict[str, Any]) -> None:
@@ -157,10 +166,11 @@ def video_object(record: dict[str, Any]) -> dict[str, Any]:
 router = APIRouter(prefix="/v1")
 
 
-async def _submit(rt: Runtime, settings: Settings, owner: str, job: VideoJob) -> dict[str, Any]:
+async def _submit(rt: Runtime, settings: Settings, tenant: Tenant, job: VideoJob
+                  ) -> dict[str, Any]:
     if rt.worker is not None:  # serve: its only worker died, a job would wait forever
         rt.worker.check_alive()
-    await anyio.to_thread.run_sync(submit_within_limit, rt.queue, settings, owner,
+    await anyio.to_thread.run_sync(submit_within_limit, rt.queue, settings, tenant.owner,
                                    job.payload())
     record = await anyio.to_thread.run_sync(rt.queue.get_job, job.id)
     log_event(log, "video.created", job_id=job.id, frames=job.frames,
@@ -169,65 +179,66 @@ async def _submit(rt: Runtime, settings: Settings, owner: str, job: VideoJob) ->
 
 
 @router.post("/videos", openapi_extra=openapi_body(CreateVideoRequest))
-async def create_video(request: Request, owner: Owner, rt: RuntimeDep,
+async def create_video(request: Request, tenant: Owner, rt: RuntimeDep,
                        settings: SettingsDep):
     req = parse_body(CreateVideoRequest, await read_body(request))
-    return await _submit(rt, settings, owner, build_job(req, rt.info, settings))
+    return await _submit(rt, settings, tenant, build_job(req, rt.info, settings, tenant.owner))
 
 
 @router.post("/videos/extensions", openapi_extra=openapi_body(ExtendRequest))
-async def extend_video(request: Request, owner: Owner, rt: RuntimeDep,
+async def extend_video(request: Request, tenant: Owner, rt: RuntimeDep,
                        settings: SettingsDep):
     body = await read_body(request, files=True)
     if "video[id]" in body:  # a form flattens the object
         body["video"] = {"id": body.pop("video[id]")}
     elif isinstance(body.get("video"), bytes):  # the file itself
-        body["video"] = {"id": await _video_of_file(rt, body["video"])}
+        body["video"] = {"id": await _video_of_file(rt, body["video"], tenant)}
     req = parse_body(ExtendRequest, body)
-    source = await anyio.to_thread.run_sync(_get_record, rt, req.video.id)
-    job = extension_job(source, req, rt.info, settings)
+    source = await anyio.to_thread.run_sync(_get_record, rt, req.video.id, tenant)
+    job = extension_job(source, req, rt.info, settings, tenant.owner)
     snap = await anyio.to_thread.run_sync(rt.queue.load_snapshot, source["id"])
     if snap is None or snap.frame_index != job.source_frames:
         raise ApiError(409, f"the saved state of video {source['id']} is gone (expired); "
                        "it can no longer be extended", param="video",
                        code="video_expired")
-    return await _submit(rt, settings, owner, job)
+    return await _submit(rt, settings, tenant, job)
 
 
 @router.post("/videos/{video_id}/remix", openapi_extra=openapi_body(RemixRequest))
-async def remix_video(request: Request, video_id: str, owner: Owner, rt: RuntimeDep,
+async def remix_video(request: Request, video_id: str, tenant: Owner, rt: RuntimeDep,
                       settings: SettingsDep):
     req = parse_body(RemixRequest, await read_body(request))
-    source = await anyio.to_thread.run_sync(_get_record, rt, video_id)
-    return await _submit(rt, settings, owner, remix_job(source, req, rt.info))
+    source = await anyio.to_thread.run_sync(_get_record, rt, video_id, tenant)
+    return await _submit(rt, settings, tenant, remix_job(source, req, rt.info, tenant.owner))
 
 
 @router.get("/videos")
-def list_videos(owner: Owner, rt: RuntimeDep, after: str | None = None,
+def list_videos(tenant: Owner, rt: RuntimeDep, after: str | None = None,
                 limit: int = Query(20, ge=1, le=100),
                 order: Literal["asc", "desc"] = "desc"):
     if after is not None:
         check_video_id(after)
     try:
-        page = rt.queue.list_jobs(after=after, limit=limit, order=order)
+        page = rt.queue.list_jobs(after=after, limit=limit, order=order, kind="video",
+                                  owner=tenant.listing)
     except JobNotFound:
         raise ApiError(404, f"no video with id {after!r} (after)", param="after",
                        code="not_found") from None
-    data = [video_object(r) for r in page.jobs if r.get("kind", "video") == "video"]
+    data = [video_object(r) for r in page.jobs]
     return {"object": "list", "data": data, "first_id": page.first_id,
             "last_id": page.last_id, "has_more": page.has_more}
 
 
 @router.get("/videos/{video_id}")
-def retrieve_video(video_id: str, owner: Owner, rt: RuntimeDep):
-    record = _get_record(rt, video_id)
+def retrieve_video(video_id: str, tenant: Owner, rt: RuntimeDep):
+    record = _get_record(rt, video_id, tenant)
     headers = {} if record["status"] in FINAL else {"openai-poll-after-ms": "200"}
     return JSONResponse(video_object(record), headers=headers)
 
 
 @router.delete("/videos/{video_id}")
-def delete_video(video_id: str, owner: Owner, rt: RuntimeDep):
-    _get_record(rt, video_id)
+def delete_video(video_id: str, tenant: Owner, rt: RuntimeDep):
+    _get_record(rt, video_id, tenant)
     rt.queue.delete_job(video_id)  # a running worker sees it and stops
     rt.storage.delete(video_id)
     log_event(log, "video.deleted", job_id=video_id)
@@ -235,8 +246,8 @@ def delete_video(video_id: str, owner: Owner, rt: RuntimeDep):
 
 
 @router.post("/videos/{video_id}/cancel")
-def cancel_video(video_id: str, owner: Owner, rt: RuntimeDep):
-    record = _get_record(rt, video_id)
+def cancel_video(video_id: str, tenant: Owner, rt: RuntimeDep):
+    record = _get_record(rt, video_id, tenant)
     if record["status"] in FINAL:
         raise ApiError(409, f"video {video_id} is already {record['status']}",
                        param="video_id", code="invalid_state")
@@ -245,11 +256,11 @@ def cancel_video(video_id: str, owner: Owner, rt: RuntimeDep):
 
 
 @router.get("/videos/{video_id}/content")
-def download(video_id: str, owner: Owner, rt: RuntimeDep, variant: str = "video"):
+def download(video_id: str, tenant: Owner, rt: RuntimeDep, variant: str = "video"):
     if variant not in VARIANTS:
         raise ApiError(400, f"variant must be one of {sorted(VARIANTS)}", param="variant",
                        code="invalid_value")
-    record = _get_record(rt, video_id)
+    record = _get_record(rt, video_id, tenant)
     if record["status"] != "completed":
         raise ApiError(409, f"video {video_id} is {record['status']}, not completed",
                        param="video_id", code="video_not_ready")
@@ -263,9 +274,11 @@ def download(video_id: str, owner: Owner, rt: RuntimeDep, variant: str = "video"
                              headers=headers)
 
 
-def _get_record(rt: Runtime, video_id: str) -> dict[str, Any]:
+def _get_record(rt: Runtime, video_id: str, tenant: Tenant) -> dict[str, Any]:
+    """The video's record; 404 when there is none, or it is a session, or another key's
+    (the same answer: nobody learns that another key's video exists)."""
     record = rt.queue.get_job(check_video_id(video_id))
-    if record is None or record.get("kind", "video") != "video":
+    if record is None or record.get("kind", "video") != "video" or not tenant.owns(record):
         raise not_found(video_id)
     return record
 
@@ -276,10 +289,11 @@ def _chunks(handle, size: int = 64 * 1024) -> Iterator[bytes]:
             yield chunk
 
 
-async def _video_of_file(rt: Runtime, data: bytes) -> str:
+async def _video_of_file(rt: Runtime, data: bytes, tenant: Tenant) -> str:
     sha = hashlib.sha256(data).hexdigest()
     video_id = await anyio.to_thread.run_sync(rt.queue.find_by_content, sha)
-    if video_id is None:
+    record = video_id and await anyio.to_thread.run_sync(rt.queue.get_job, video_id)
+    if not record or not tenant.owns(record):
         raise ApiError(400, "the uploaded file is none of this server's videos (or it "
                        "expired); only videos made here can be extended: send the file as "
                        "downloaded, or the video's id as video[id]", param="video",

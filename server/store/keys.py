@@ -71,6 +71,12 @@ class Keys:
         """What every job record key starts with (scripts that find records by id)."""
         return f"{self.prefix}:job:"
 
+    def listing(self, owner: str, kind: str) -> str:
+        """One owner's jobs of one kind in submission order (sorted set); owner ``*``:
+        everyone's. What ``list_jobs`` pages through, so that a page is never cut before
+        rows are filtered out."""
+        return f"{self.prefix}:list:{owner}:{kind}"
+
     def owner(self, owner: str) -> str:
         """An owner's slots of running work (sorted set)."""
         return f"{self.prefix}:owner:{owner}"

@@ -59,7 +59,9 @@ class JobQueue(RecordsMixin, FramesMixin, LimitsMixin, StoreBase):
         record = {**payload, "status": "queued", "progress": 0,
                   "created_at": int(time.time()), "completed_at": None, "error": None}
         keys = self.keys
-        added = self._script("submit", [keys.job(job_id), keys.index, keys.seq, keys.queue],
+        owner = check_id(str(payload.get("owner") or "local"), "owner")
+        added = self._script("submit", [keys.job(job_id), keys.index, keys.seq, keys.queue,
+                                        keys.listing(owner, kind), keys.listing("*", kind)],
                              [job_id, dumps(payload), *flatten(record)])
         if added is None:
             raise JobExists(f"job {job_id} already exists")

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any, Literal
 
 from .base import StoreBase
-from .entries import JOB_STATUSES, JobPage, decode_record, dumps, flatten, text
+from .entries import JOB_KINDS, JOB_STATUSES, JobPage, decode_record, dumps, flatten, text
 from .errors import JobNotFound, redis_errors
 from .keys import check_id
 
@@ -36,23 +37,31 @@ class RecordsMixin(StoreBase):
 
     @redis_errors
     def list_jobs(self, after: str | None = None, limit: int = 20,
-                  order: Literal["asc", "desc"] = "desc") -> JobPage:
-        """A page of job records in submission order, after the job ``after`` if given."""
+                  order: Literal["asc", "desc"] = "desc", kind: str | None = None,
+                  owner: str = "*") -> JobPage:
+        """A page of job records in submission order, after the job ``after`` if given:
+        every job, or with ``kind`` the jobs of that kind of ``owner`` (``*``: anyone's),
+        read from their own index (JobNotFound when ``after`` is not among them)."""
         if not 1 <= limit <= 100:
             raise ValueError(f"limit must be in 1..100, got {limit}")
         if order not in ("asc", "desc"):
             raise ValueError(f"order must be 'asc' or 'desc', got {order!r}")
         self._prune_expired()
+        if kind is not None and kind not in JOB_KINDS:
+            raise ValueError(f"kind must be one of {JOB_KINDS}, got {kind!r}")
+        if owner != "*":
+            check_id(owner, "owner")
+        index = self.keys.index if kind is None else self.keys.listing(owner, kind)
         bound = "-inf" if order == "asc" else "+inf"
         if after is not None:
-            score = self.redis.zscore(self.keys.index, check_id(after, "job id"))
+            score = self.redis.zscore(index, check_id(after, "job id"))
             if score is None:
                 raise JobNotFound(after)
             bound = f"({int(score)}"  # submission numbers are unique: exclusive is exact
         jobs, missing = [], []
         while len(jobs) <= limit:
             want = limit + 1 - len(jobs)  # one more than needed tells has_more
-            rows = self._index_page(bound, want, order)
+            rows = self._index_page(index, bound, want, order)
             records = self._records([text(job_id) for job_id, _ in rows])
             for (job_id, _), record in zip(rows, records, strict=True):
                 if record:
@@ -63,14 +72,15 @@ class RecordsMixin(StoreBase):
                 break
             bound = f"({int(rows[-1][1])}"
         if missing:  # expired or half-deleted; keep the index tidy
-            self.redis.zrem(self.keys.index, *missing)
+            self.redis.zrem(index, *missing)
         return JobPage(jobs[:limit], has_more=len(jobs) > limit)
 
-    def _index_page(self, bound: str, count: int, order: str) -> list[tuple[bytes, float]]:
+    def _index_page(self, index: str, bound: str, count: int, order: str
+                    ) -> list[tuple[bytes, float]]:
         if order == "asc":
-            return self.redis.zrangebyscore(self.keys.index, bound, "+inf", start=0, num=count,
+            return self.redis.zrangebyscore(index, bound, "+inf", start=0, num=count,
                                             withscores=True)
-        return self.redis.zrevrangebyscore(self.keys.index, bound, "-inf", start=0, num=count,
+        return self.redis.zrevrangebyscore(index, bound, "-inf", start=0, num=count,
                                            withscores=True)
 
     def _records(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
@@ -103,11 +113,17 @@ class RecordsMixin(StoreBase):
         sees ``is_cancelled`` and gets JobNotFound on its next write.
         """
         check_id(job_id, "job id")
+        owner, kind = (json.loads(v) if v else None for v in
+                       self.redis.hmget(self.keys.job(job_id), ["owner", "kind"]))
+        kind = kind if kind in JOB_KINDS else "video"
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.keys.job(job_id))
         pipe.delete(*self.keys.of_job(job_id)[1:])
         pipe.zrem(self.keys.index, job_id)
         pipe.zrem(self.keys.expiring, job_id)
+        pipe.zrem(self.keys.listing("*", kind), job_id)
+        if isinstance(owner, str):
+            pipe.zrem(self.keys.listing(owner, kind), job_id)
         return bool(pipe.execute()[0])
 
     @redis_errors

@@ -9,11 +9,15 @@ local function inherit_ttl(key)
 end
 """
 
-# KEYS: record, index, seq, queue. ARGV: id, job JSON, record field/value pairs.
+# KEYS: record, index, seq, queue, the owner's listing of the kind, everyone's listing of
+# the kind. ARGV: id, job JSON, record field/value pairs.
 SUBMIT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])
+local n = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[2], n, ARGV[1])
+redis.call('ZADD', KEYS[5], n, ARGV[1])
+redis.call('ZADD', KEYS[6], n, ARGV[1])
 return redis.call('XADD', KEYS[4], '*', 'job', ARGV[2])
 """
 

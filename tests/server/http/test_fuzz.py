@@ -39,3 +39,4 @@ def test_no_request_gets_a_server_error(fuzz_server):
 
         check()
     assert "POST /v1/videos" in tried and "POST /v1/videos/extensions" in tried, tried
+    assert "GET /v1/models" in tried and "GET /v1/videos/{video_id}" in tried, tried

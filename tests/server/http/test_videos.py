@@ -222,11 +222,15 @@ def test_api_keys_guard_http_and_websockets(keyed_server):
     assert info.value.response.status_code == 401
     with pytest.raises(InvalidStatus):
         ws_collect(ws_url(url, video["id"], "?api_key=nope"))
-    # accepted with the key in the query or in a subprotocol (no worker: stays queued)
+    # accepted with the owner's key in the query or in a subprotocol (no worker: stays
+    # queued); another key gets a 404, as for a video that does not exist (tenancy)
     from websockets.sync.client import connect
 
-    for kwargs in ({"uri": ws_url(url, video["id"], "?api_key=k1")},
-                   {"uri": ws_url(url, video["id"]), "subprotocols": ["pomstream", "bearer.k1"]},
+    with pytest.raises(InvalidStatus) as info:
+        ws_collect(ws_url(url, video["id"], "?api_key=k1"))
+    assert info.value.response.status_code == 404
+    for kwargs in ({"uri": ws_url(url, video["id"], "?api_key=k2")},
+                   {"uri": ws_url(url, video["id"]), "subprotocols": ["pomstream", "bearer.k2"]},
                    {"uri": ws_url(url, video["id"]), "additional_headers": good}):
         with connect(open_timeout=10, **kwargs) as ws:
             assert '"status":"queued"' in ws.recv(timeout=10).replace(" ", "")
