@@ -1,10 +1,21 @@
-"""Structured logs: JSON lines on stderr, one key per field of ``log_event``."""
+"""Structured logs: JSON lines on stderr, one key per field of ``log_event``.
+
+Secrets never reach them: an ``api_key=`` in a URL (a browser's WebSocket carries its key
+there; uvicorn logs the path of every WebSocket it accepts) is redacted in every line."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+
+_SECRET_IN_URL = re.compile(r"(api_key=)[^&\s\"'#]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``...?api_key=k1&x=1`` -> ``...?api_key=[redacted]&x=1``."""
+    return _SECRET_IN_URL.sub(r"\1[redacted]", text)
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields) -> None:
@@ -19,7 +30,7 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return redact(json.dumps(line, default=str))
 
 
 def configure_logging(level: int = logging.INFO) -> None:

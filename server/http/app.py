@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from pomstream.server.http import live, ops, stream, videos
 from pomstream.server.http.errors import install_error_handlers
-from pomstream.server.http.middleware import BodyLimit
+from pomstream.server.http.middleware import BodyLimit, HeadAsGet
 from pomstream.server.runtime import Runtime
 from pomstream.server.settings import Settings
 
@@ -32,6 +32,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                   description="Streaming video generation with the Polynomial Mixer")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes,
                        uploads={"/v1/videos/extensions": settings.max_upload_bytes})
+    app.add_middleware(HeadAsGet)
     install_error_handlers(app)
     app.state.settings = settings
     app.state.ws_limiter = anyio.CapacityLimiter(256)  # blocking stream reads, apart

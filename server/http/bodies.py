@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from pomstream.server.http.errors import ApiError, validation_error
+from pomstream.server.logs import log_event
+
+log = logging.getLogger("pomstream.api")
 
 
 async def read_body(request: Request, files: bool = False) -> dict[str, Any]:
@@ -17,13 +22,14 @@ async def read_body(request: Request, files: bool = False) -> dict[str, Any]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         try:
-            body = json.loads(await request.body())
+            body = json.loads(await _body(request))
         except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, huge ints, nesting
             raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from None
         if not isinstance(body, dict):
             raise ApiError(400, "body must be a JSON object", code="invalid_json")
         return body
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        await _body(request)  # read (and bounded) first: a hang-up is one log line
         try:
             form = await request.form(max_files=1 if files else 0, max_fields=32)
             body = {}
@@ -35,6 +41,17 @@ async def read_body(request: Request, files: bool = False) -> dict[str, Any]:
         return body
     raise ApiError(415, "send the body as application/json or multipart/form-data",
                    code="unsupported_media_type")
+
+
+async def _body(request: Request) -> bytes:
+    """The raw body; a client that hangs up before sending it all gets one info line in
+    the log (not a traceback) and a 400 it will never read."""
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        log_event(log, "api.client_disconnected", path=request.url.path)
+        raise ApiError(400, "the client closed the connection before sending the whole "
+                       "body", code="client_disconnected") from None
 
 
 def parse_body(model: type[BaseModel], body: dict[str, Any]):

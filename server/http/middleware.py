@@ -1,4 +1,4 @@
-"""ASGI middleware of the API."""
+"""ASGI middleware of the API: request body limits (413), HEAD wherever GET works."""
 
 from __future__ import annotations
 
@@ -46,3 +46,24 @@ class BodyLimit:
         except _BodyTooLarge:
             if not started:
                 await too_large.response()(scope, receive, send)
+
+
+class HeadAsGet:
+    """ASGI middleware: answer ``HEAD`` wherever ``GET`` works (the same status and
+    headers, no body), as HTTP asks; FastAPI routes declare GET only."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                if not message.get("more_body", False):
+                    await send({"type": "http.response.body", "body": b""})
+                return
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)

@@ -1,0 +1,72 @@
+"""Operational hygiene against a real `pomstream serve` process: secrets never reach the
+log, a client that hangs up mid-body is one info line (not a traceback), HEAD works where
+GET does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from pomstream.server.logs import JsonFormatter, redact
+from tests.support.redis import free_port
+from tests.support.servers import ServerProcess, wait_for
+
+SECRET = "s3cret-key-for-the-log-test"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_file, tmp_path_factory):
+    proc = ServerProcess("serve", tmp_path_factory.mktemp("hygiene"), tiny_model_file,
+                         port=free_port(), env={"POMSTREAM_API_KEYS": SECRET})
+    proc.start().wait_ready()
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+def test_api_keys_in_urls_never_reach_the_log(server):
+    url = server.url.replace("http", "ws") + f"/v1/sessions?api_key={SECRET}&x=1"
+    with connect(url, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "start", "prompt": "digit 1"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "session"
+    server.wait_log("api_key=[redacted]&x=1")  # uvicorn's "WebSocket ... [accepted]" line
+    assert SECRET not in server.log()
+
+
+def test_the_formatter_redacts_any_record():
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1,
+                               '%s - "WebSocket %s" [accepted]',
+                               ("127.0.0.1:5", "/v1/sessions?api_key=abc&b=2"), None)
+    assert "abc" not in JsonFormatter().format(record)
+    assert redact("GET /x?API_KEY=zz") == "GET /x?API_KEY=[redacted]"
+
+
+def test_a_client_hanging_up_mid_body_is_one_info_line(server):
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/videos HTTP/1.1\r\nHost: x\r\n"
+                         b"Authorization: Bearer " + SECRET.encode() + b"\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                         b'{"prompt": ')
+    wait_for(lambda: server.log().count("api.client_disconnected") >= 3, 20,
+             what="three disconnect lines")
+    assert "Traceback" not in server.log()
+    lines = [json.loads(line) for line in server.log().splitlines() if "client_disc" in line]
+    assert all(line["level"] == "info" for line in lines)
+
+
+def test_head_works_where_get_does(server):
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    video = httpx.post(f"{server.url}/v1/videos", json={"prompt": "digit 2"},
+                       headers=auth).json()
+    for path in ("/healthz", "/v1/videos", f"/v1/videos/{video['id']}", "/v1/models"):
+        get, head = (httpx.request(m, server.url + path, headers=auth) for m in ("GET", "HEAD"))
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b"" and head.headers["content-type"] == get.headers[
+            "content-type"]
+    missing = httpx.head(f"{server.url}/v1/videos/video_nope", headers=auth)
+    assert missing.status_code == 404 and missing.content == b""
