@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     # viewer may stay silent before its session is detached (snapshotted, slot freed)
     session_window: int = Field(8, ge=1, le=1024)
     viewer_timeout_s: float = Field(15.0, gt=0, le=3600)
+    # how long a detached session (its viewer gone, or a fork nobody resumed) is kept for a
+    # resume; it counts against its key's running work until then
+    detached_ttl_s: int = Field(3600, ge=1)
+    # control messages one live-session WebSocket may send a second (then an error)
+    ws_messages_per_second: int = Field(20, ge=1, le=10_000)
     # storage and expiry
     storage_dir: Path = Path("pomstream-data/videos")
     video_ttl_s: int = Field(24 * 3600, ge=1)

@@ -25,4 +25,6 @@ def build_worker(settings: Settings, queue: JobQueue, storage: LocalStorage) -> 
                   qp=settings.encoder_qp, encode_threads=settings.encode_threads,
                   video_ttl_s=settings.video_ttl_s, params=settings.generation_params(),
                   session_window=settings.session_window,
-                  viewer_timeout_s=settings.viewer_timeout_s)
+                  viewer_timeout_s=settings.viewer_timeout_s,
+                  detached_ttl_s=settings.detached_ttl_s,
+                  max_active_per_key=settings.max_active_per_key)

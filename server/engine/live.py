@@ -42,7 +42,7 @@ class LiveControl:
             return
         if self.sessions.settle(job.id) != 1:  # nobody watches (a new fork): stay detached
             self.queue.ack(lease)
-            self.sessions.expire(job.id, self.video_ttl_s)
+            self.sessions.expire(job.id, self.detached_ttl_s)
             return
         opened = self._open(lease, job, record, "session", lambda config, start: new_encoder(
             self.width, self.height, self.fps, config, start - job.base))
@@ -128,7 +128,18 @@ class LiveControl:
         a.pending.append(a.lane.submit(self._on_lane, a, self._create_fork, a, child, snap))
 
     def _create_fork(self, a: ActiveJob, child: SessionJob, snap: bytes) -> None:
+        """A fork is running work of its parent's key: it takes one of the key's slots
+        (refused with an error event when none is free) and keeps it while detached."""
+        limit = self.max_active_per_key
+        if limit is not None and not self.queue.claim_slot(child.owner, child.id, limit):
+            self.queue.publish_event(a.id, {
+                "type": "error", "code": "too_many_active",
+                "message": f"this API key already has {limit} videos or live sessions "
+                           "(forks and detached sessions included); stop one to fork"})
+            return
         self.queue.submit({**child.payload(), "engine": a.config.record()})
+        if limit is not None:
+            self.queue.confirm_slot(child.owner, child.id)
         self.queue.save_snapshot(child.id, snap, child.base)
         self.queue.publish_event(a.id, {"type": "forked", "fork_id": child.id,
                                         "frame": child.base})
@@ -157,5 +168,5 @@ class LiveControl:
             self.queue.release(a.lease)
         else:
             self._ack(a)
-            self.sessions.expire(a.id, self.video_ttl_s)
+            self.sessions.expire(a.id, self.detached_ttl_s)
         log_event(log, f"session.{end}", session_id=a.id, worker=self.id, frame=frame)

@@ -110,7 +110,8 @@ class Worker(Admission, Extensions, Endings, LiveControl):
                  worker_id: str | None = None, max_sessions: int = 8, snapshot_every: int = 16,
                  qp: int = 20, encode_threads: int = 1, video_ttl_s: int = 86_400,
                  params: dict[str, Any] | None = None, max_pending: int = 32,
-                 session_window: int = 8, viewer_timeout_s: float = 15.0):
+                 session_window: int = 8, viewer_timeout_s: float = 15.0,
+                 detached_ttl_s: int = 3600, max_active_per_key: int | None = None):
         self.queue, self.generator, self.storage = queue, generator, storage
         default_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"w-{socket.gethostname()}-{os.getpid()}")
         self.id = check_id(worker_id or default_id[-64:], "worker id")
@@ -118,6 +119,8 @@ class Worker(Admission, Extensions, Endings, LiveControl):
         self.video_ttl_s, self.params, self.max_pending = video_ttl_s, params or {}, max_pending
         self.registry = WorkerRegistry(queue)
         self.sessions = SessionStore(queue, viewer_timeout_s)
+        self.detached_ttl_s = detached_ttl_s
+        self.max_active_per_key = max_active_per_key  # forks count (None: no limit)
         self.session_window = session_window
         self.metrics = WorkerMetrics()
         cfg = generator.cfg

@@ -44,6 +44,8 @@ import functools
 import json
 import logging
 import secrets
+import time
+from collections import deque
 from typing import Any
 
 import anyio
@@ -366,9 +368,18 @@ class LiveConnection:
     # -- client -> worker -------------------------------------------------------------------
 
     async def control_loop(self) -> None:
+        limit = self.settings.ws_messages_per_second
+        recent: deque[float] = deque()  # when the last messages came (one second of them)
         while True:
             msg = await self.receive()
+            now = time.monotonic()
+            while recent and now - recent[0] > 1.0:
+                recent.popleft()
+            recent.append(now)
             try:
+                if len(recent) > limit:
+                    raise BadValue("rate_limited", f"more than {limit} messages a second on "
+                                   "this connection; this one was dropped")
                 await self.control(msg)
             except BadValue as exc:
                 await self.send({"type": "error", "code": exc.code, "message": exc.message})

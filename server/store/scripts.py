@@ -24,7 +24,8 @@ return redis.call('XADD', KEYS[4], '*', 'job', ARGV[2])
 # Per-owner slots (limits on concurrent work). KEYS: the owner's sorted set of job ids
 # (score: when claimed, 0 once submitted). ARGV: job key prefix, limit, job id, now (s),
 # grace (s), score to write (now, or 0 for a job already submitted). A job counts while
-# queued or running (a session while queued or live, and not failed); one claimed but not
+# queued or running (a session while queued, live or detached, and not failed: a detached
+# session keeps its state in Redis until it expires); one claimed but not
 # submitted yet (no record) counts for ``grace`` seconds.
 # It reads job records it is not given as KEYS: fine on one Redis, not on a Cluster.
 CLAIM_SLOT = """
@@ -40,7 +41,7 @@ for i, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')) do
     elseif f[2] == '"completed"' or f[2] == '"failed"' then
       busy = false
     elseif f[1] == '"session"' then
-      busy = f[3] == '"queued"' or f[3] == '"live"'
+      busy = f[3] == '"queued"' or f[3] == '"live"' or f[3] == '"detached"'
     else
       busy = f[2] == '"queued"' or f[2] == '"in_progress"'
     end

@@ -21,3 +21,17 @@ def test_a_claimed_slot_counts_for_its_grace_only(redis_client):
     assert not queue.claim_slot("o", "job_b", limit=1, grace_s=30)  # a's claim holds
     now[0] += 31  # a was never submitted: its claim lapsed
     assert queue.claim_slot("o", "job_b", limit=1, grace_s=30)
+
+
+def test_detached_sessions_hold_their_slot(redis_client):
+    """A detached session keeps its state in Redis for a resume: it counts against its
+    key's running work until it expires (forks included, issue 12)."""
+    queue = JobQueue(redis_client, prefix="detach")
+    assert queue.claim_slot("o", "sess_a", limit=1)
+    queue.submit({"kind": "session", "id": "sess_a", "owner": "o", "state": "queued"})
+    queue.confirm_slot("o", "sess_a")
+    queue.update_job("sess_a", state="detached")
+    assert not queue.claim_slot("o", "sess_b", limit=1)  # still held while detached
+    queue.update_job("sess_a", state="stopped")
+    queue.finish_job("sess_a", "completed")
+    assert queue.claim_slot("o", "sess_b", limit=1)  # stopped: the slot is free again
