@@ -10,7 +10,8 @@ import logging
 import re
 import sys
 
-_SECRET_IN_URL = re.compile(r"(api_key=)[^&\s\"'#]*", re.IGNORECASE)
+# api_key=, also percent-encoded (api%5Fkey=), which the server decodes and accepts too
+_SECRET_IN_URL = re.compile(r"(api(?:_|%5f)key(?:=|%3d))[^&\s\"'#]*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:

@@ -46,7 +46,9 @@ def run_server(settings: Settings, with_worker: bool) -> int:
     runtime = Runtime.build(settings, with_worker)
     app = create_app(settings, runtime)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            ws="websockets-sansio", lifespan="on", timeout_graceful_shutdown=10)
+                            ws="websockets-sansio", lifespan="on", timeout_graceful_shutdown=10,
+                            limit_concurrency=settings.max_connections,
+                            timeout_keep_alive=settings.keep_alive_s)
     server = uvicorn.Server(config)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     backend = settings.redis_url or "in-process (fakeredis)"

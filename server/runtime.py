@@ -9,15 +9,18 @@ against Redis, so the tests against a real redis-server exercise the production 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pomstream.server.settings import ModelInfo, Settings, model_info
 from pomstream.server.storage import LocalStorage
-from pomstream.server.store import JobQueue
+from pomstream.server.store import JobQueue, QueueUnavailable
 
 if TYPE_CHECKING:  # the API process never imports the engine
     from pomstream.server.engine.worker import Worker
+
+log = logging.getLogger("pomstream.runtime")
 
 
 def make_queue(settings: Settings) -> JobQueue:
@@ -41,6 +44,10 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, with_worker: bool) -> Runtime:
         queue = make_queue(settings)
+        try:  # jobs from before per-owner listings (idempotent)
+            queue.migrate_listings()
+        except QueueUnavailable:  # Redis down at start: next start; the API answers 503s
+            log.warning("listings not migrated: Redis unavailable at start")
         storage = LocalStorage(settings.storage_dir)
         info = model_info(settings.model)
         worker = None

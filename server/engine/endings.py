@@ -73,7 +73,7 @@ class Endings:
         # expiry first: a client that sees "completed" sees its expires_at too
         self.queue.expire_job(a.id, self.video_ttl_s)
         self.queue.finish_job(a.id, "completed")
-        self.queue.index_content(a.id, sha, self.video_ttl_s)
+        self.queue.index_content(a.id, sha, self.video_ttl_s, a.job.owner)
         self._ack(a)
         elapsed = time.monotonic() - a.started
         log_event(log, "job.completed", job_id=a.id, worker=self.id, frames=a.job.frames,

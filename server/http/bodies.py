@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -46,8 +47,13 @@ async def read_body(request: Request, files: bool = False) -> dict[str, Any]:
 async def _body(request: Request) -> bytes:
     """The raw body; a client that hangs up before sending it all gets one info line in
     the log (not a traceback) and a 400 it will never read."""
+    timeout = request.app.state.settings.body_timeout_s
     try:
-        return await request.body()
+        return await asyncio.wait_for(request.body(), timeout)
+    except TimeoutError:
+        log_event(log, "api.body_timeout", path=request.url.path)
+        raise ApiError(408, f"the request body did not arrive within {timeout:g} s",
+                       code="request_timeout") from None
     except ClientDisconnect:
         log_event(log, "api.client_disconnected", path=request.url.path)
         raise ApiError(400, "the client closed the connection before sending the whole "

@@ -159,6 +159,7 @@ class LiveConnection:
         self.paused = False
         self.unpaused = asyncio.Event()
         self.lock = asyncio.Lock()  # a frame's JSON and binary go out together
+        self.recent: deque[float] = deque()  # when accepted messages came (the last second)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -201,10 +202,28 @@ class LiveConnection:
 
     # -- the session ------------------------------------------------------------------------
 
+    def within_rate(self) -> None:
+        """Count a message against the connection's rate (``ws_messages_per_second``);
+        BadValue ``rate_limited`` (the message is dropped, and not counted) beyond it."""
+        limit, now = self.settings.ws_messages_per_second, time.monotonic()
+        while self.recent and now - self.recent[0] > 1.0:
+            self.recent.popleft()
+        if len(self.recent) >= limit:
+            raise BadValue("rate_limited", f"more than {limit} messages a second on this "
+                           "connection; this one was dropped")
+        self.recent.append(now)
+
     async def run(self) -> None:
+        opened_by = time.monotonic() + START_TIMEOUT_S  # the whole opening, not per message
         try:
             while self.sid is None:
-                await self.open(await self.receive(START_TIMEOUT_S))
+                msg = await self.receive(max(0.0, opened_by - time.monotonic()))
+                try:
+                    self.within_rate()
+                except BadValue as exc:
+                    await self.send({"type": "error", "code": exc.code, "message": exc.message})
+                    continue
+                await self.open(msg)
         except TimeoutError:
             raise ProtocolError(f"no start or resume message within {START_TIMEOUT_S:.0f} s")\
                 from None
@@ -257,8 +276,10 @@ class LiveConnection:
             raise BadValue("not_found", f"no session with id {sid!r}")
         self.client_acks = self.check_ack_flag(msg)
         job = SessionJob.from_payload(record).payload()
-        await self.within_limit(claim_slot, self.rt.queue, self.settings, self.owner, sid,
-                                True)  # the session exists: submitted long ago
+        # the session's own key's limit (an admin resuming someone's session holds no slot
+        # of its own for it); the session exists: submitted long ago
+        owner = str(record.get("owner") or "local")
+        await self.within_limit(claim_slot, self.rt.queue, self.settings, owner, sid, True)
         # the snapshot before the cursor: every fragment before a snapshot's frame is stored
         # before the snapshot, so all that follows the cursor is at that frame or later
         snap = await self.call(self.rt.queue.load_snapshot, sid)
@@ -368,18 +389,10 @@ class LiveConnection:
     # -- client -> worker -------------------------------------------------------------------
 
     async def control_loop(self) -> None:
-        limit = self.settings.ws_messages_per_second
-        recent: deque[float] = deque()  # when the last messages came (one second of them)
         while True:
             msg = await self.receive()
-            now = time.monotonic()
-            while recent and now - recent[0] > 1.0:
-                recent.popleft()
-            recent.append(now)
             try:
-                if len(recent) > limit:
-                    raise BadValue("rate_limited", f"more than {limit} messages a second on "
-                                   "this connection; this one was dropped")
+                self.within_rate()
                 await self.control(msg)
             except BadValue as exc:
                 await self.send({"type": "error", "code": exc.code, "message": exc.message})

@@ -15,7 +15,7 @@ from typing import Any
 from pomstream.model.prompts import PromptError, PromptRules
 from pomstream.server.store import check_id
 
-SECONDS_RE = re.compile(r"^[ \t]*[0-9]{1,6}[ \t]*$")  # ASCII digits only
+SECONDS_RE = re.compile(r"^[ \t\n\r\f\v]*[0-9]{1,6}[ \t\n\r\f\v]*$")  # ASCII digits
 MAX_SEED = 2**63
 
 

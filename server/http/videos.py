@@ -291,7 +291,7 @@ def _chunks(handle, size: int = 64 * 1024) -> Iterator[bytes]:
 
 async def _video_of_file(rt: Runtime, data: bytes, tenant: Tenant) -> str:
     sha = hashlib.sha256(data).hexdigest()
-    video_id = await anyio.to_thread.run_sync(rt.queue.find_by_content, sha)
+    video_id = await anyio.to_thread.run_sync(rt.queue.find_by_content, sha, tenant.owner)
     record = video_id and await anyio.to_thread.run_sync(rt.queue.get_job, video_id)
     if not record or not tenant.owns(record):
         raise ApiError(400, "the uploaded file is none of this server's videos (or it "

@@ -77,6 +77,12 @@ class Keys:
         rows are filtered out."""
         return f"{self.prefix}:list:{owner}:{kind}"
 
+    @property
+    def listed(self) -> str:
+        """Job id -> ``owner:kind`` (hash): which listings hold a job, so that a job whose
+        keys expired can be taken out of them."""
+        return f"{self.prefix}:jobs:listed"
+
     def owner(self, owner: str) -> str:
         """An owner's slots of running work (sorted set)."""
         return f"{self.prefix}:owner:{owner}"
@@ -85,9 +91,10 @@ class Keys:
         """An owner's request count in one rate window (string)."""
         return f"{self.prefix}:rate:{owner}:{window}"
 
-    def content(self, sha256: str) -> str:
-        """The job whose finished video file has this hash (string)."""
-        return f"{self.prefix}:content:{sha256}"
+    def content(self, owner: str, sha256: str) -> str:
+        """The job of ``owner`` whose finished video file has this hash (string): per
+        owner, as two keys may make byte-identical videos."""
+        return f"{self.prefix}:content:{owner}:{sha256}"
 
     @property
     def workers(self) -> str:

@@ -61,8 +61,9 @@ class JobQueue(RecordsMixin, FramesMixin, LimitsMixin, StoreBase):
         keys = self.keys
         owner = check_id(str(payload.get("owner") or "local"), "owner")
         added = self._script("submit", [keys.job(job_id), keys.index, keys.seq, keys.queue,
-                                        keys.listing(owner, kind), keys.listing("*", kind)],
-                             [job_id, dumps(payload), *flatten(record)])
+                                        keys.listing(owner, kind), keys.listing("*", kind),
+                                        keys.listed],
+                             [job_id, dumps(payload), f"{owner}:{kind}", *flatten(record)])
         if added is None:
             raise JobExists(f"job {job_id} already exists")
         return job_id

@@ -101,9 +101,50 @@ class RecordsMixin(StoreBase):
         gone = [job_id for job_id, exists in zip(due, pipe.execute(), strict=True)
                 if not exists]
         if gone:
+            listed = self.redis.hmget(self.keys.listed, gone)
             pipe.zrem(self.keys.index, *gone)
             pipe.zrem(self.keys.expiring, *gone)
+            for job_id, where in zip(gone, listed, strict=True):
+                self._unlist(pipe, job_id, where)
             pipe.execute()
+
+    def _unlist(self, pipe, job_id, where: bytes | str | None) -> None:
+        """Take a job out of its listings (``where``: its ``owner:kind``)."""
+        if where:
+            owner, _, kind = text(where).partition(":")
+            pipe.zrem(self.keys.listing(owner, kind), job_id)
+            pipe.zrem(self.keys.listing("*", kind), job_id)
+        pipe.hdel(self.keys.listed, job_id)
+
+    @redis_errors
+    def migrate_listings(self, batch: int = 500) -> int:
+        """Put jobs submitted before per-owner listings existed into them (their owner:
+        the record's, ``local`` when it has none); returns how many. Idempotent; the
+        roles run it at start."""
+        moved, cursor = 0, 0
+        while True:
+            cursor, rows = self.redis.zscan(self.keys.index, cursor, count=batch)
+            ids = [text(job_id) for job_id, _ in rows]
+            if ids:
+                pipe = self.redis.pipeline(transaction=False)
+                for job_id in ids:
+                    pipe.hmget(self.keys.job(job_id), ["owner", "kind"])
+                fields = pipe.execute()
+                known = self.redis.hmget(self.keys.listed, ids)
+                pipe = self.redis.pipeline(transaction=False)
+                for (job_id, score), (owner, kind), where in zip(rows, fields, known,
+                                                                 strict=True):
+                    if where is not None or kind is None:  # listed, or the record is gone
+                        continue
+                    owner = json.loads(owner) if owner else "local"
+                    kind = json.loads(kind)
+                    pipe.zadd(self.keys.listing(owner, kind), {job_id: score}, nx=True)
+                    pipe.zadd(self.keys.listing("*", kind), {job_id: score}, nx=True)
+                    pipe.hset(self.keys.listed, text(job_id), f"{owner}:{kind}")
+                    moved += 1
+                pipe.execute()
+            if int(cursor) == 0:
+                return moved
 
     @redis_errors
     def delete_job(self, job_id: str) -> bool:
@@ -113,32 +154,30 @@ class RecordsMixin(StoreBase):
         sees ``is_cancelled`` and gets JobNotFound on its next write.
         """
         check_id(job_id, "job id")
-        owner, kind = (json.loads(v) if v else None for v in
-                       self.redis.hmget(self.keys.job(job_id), ["owner", "kind"]))
-        kind = kind if kind in JOB_KINDS else "video"
+        where = self.redis.hget(self.keys.listed, job_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.keys.job(job_id))
         pipe.delete(*self.keys.of_job(job_id)[1:])
         pipe.zrem(self.keys.index, job_id)
         pipe.zrem(self.keys.expiring, job_id)
-        pipe.zrem(self.keys.listing("*", kind), job_id)
-        if isinstance(owner, str):
-            pipe.zrem(self.keys.listing(owner, kind), job_id)
+        self._unlist(pipe, job_id, where)
         return bool(pipe.execute()[0])
 
     @redis_errors
-    def index_content(self, job_id: str, sha256: str, seconds: int) -> None:
+    def index_content(self, job_id: str, sha256: str, seconds: int, owner: str = "local"
+                      ) -> None:
         """Remember for ``seconds`` that the file with this hash is job ``job_id``'s video
         (a client may send the file back to name the video, see ``find_by_content``)."""
         check_id(job_id, "job id")
-        self.redis.set(self.keys.content(sha256), job_id, ex=int(seconds))
+        self.redis.set(self.keys.content(check_id(owner, "owner"), sha256), job_id,
+                       ex=int(seconds))
 
     @redis_errors
-    def find_by_content(self, sha256: str) -> str | None:
+    def find_by_content(self, sha256: str, owner: str = "local") -> str | None:
         """The job whose finished video file has this SHA-256, if it is still known."""
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise ValueError("sha256 must be 64 lowercase hex digits")
-        job_id = self.redis.get(self.keys.content(sha256))
+        job_id = self.redis.get(self.keys.content(check_id(owner, "owner"), sha256))
         return None if job_id is None else text(job_id)
 
     @redis_errors

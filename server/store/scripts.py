@@ -10,14 +10,15 @@ end
 """
 
 # KEYS: record, index, seq, queue, the owner's listing of the kind, everyone's listing of
-# the kind. ARGV: id, job JSON, record field/value pairs.
+# the kind, the listed hash. ARGV: id, job JSON, "owner:kind", record field/value pairs.
 SUBMIT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 local n = redis.call('INCR', KEYS[3])
 redis.call('ZADD', KEYS[2], n, ARGV[1])
 redis.call('ZADD', KEYS[5], n, ARGV[1])
 redis.call('ZADD', KEYS[6], n, ARGV[1])
+redis.call('HSET', KEYS[7], ARGV[1], ARGV[3])
 return redis.call('XADD', KEYS[4], '*', 'job', ARGV[2])
 """
 

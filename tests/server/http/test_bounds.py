@@ -61,7 +61,16 @@ def test_control_messages_are_rate_limited_per_connection(server):
         live.ws.send(json.dumps({"type": "ack", "frame": -1}))
     error = live.until("error")
     assert error["code"] == "rate_limited"
-    time.sleep(1.1)
+    time.sleep(1.1)  # dropped messages do not count: the window is free again
     live.send(type="stop")  # the connection is kept, and works again after the second
     assert live.until("stopping")["type"] == "stopping"
+    live.close()
+
+
+def test_the_opening_of_a_connection_is_rate_limited_too(server):
+    live = Live(server)
+    for _ in range(12):  # failing resumes, each a Redis read: 5 a second allowed
+        live.send(type="resume", session_id="sess_nope")
+    codes = [live.until("error")["code"] for _ in range(12)]
+    assert codes.count("not_found") == 5 and codes.count("rate_limited") == 7
     live.close()

@@ -43,6 +43,7 @@ def test_the_formatter_redacts_any_record():
                                ("127.0.0.1:5", "/v1/sessions?api_key=abc&b=2"), None)
     assert "abc" not in JsonFormatter().format(record)
     assert redact("GET /x?API_KEY=zz") == "GET /x?API_KEY=[redacted]"
+    assert redact("GET /x?api%5Fkey=zz&y") == "GET /x?api%5Fkey=[redacted]&y"
 
 
 def test_a_client_hanging_up_mid_body_is_one_info_line(server):
@@ -70,3 +71,45 @@ def test_head_works_where_get_does(server):
             "content-type"]
     missing = httpx.head(f"{server.url}/v1/videos/video_nope", headers=auth)
     assert missing.status_code == 404 and missing.content == b""
+
+
+@pytest.fixture(scope="module")
+def tight(tiny_model_file, tmp_path_factory):
+    """A server with small connection limits (settings, as an operator sets them)."""
+    proc = ServerProcess("serve", tmp_path_factory.mktemp("tight"), tiny_model_file,
+                         port=free_port(), env={"POMSTREAM_MAX_CONNECTIONS": "4",
+                                                "POMSTREAM_BODY_TIMEOUT_S": "1",
+                                                "POMSTREAM_KEEP_ALIVE_S": "1"})
+    proc.start().wait_ready()
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+def test_a_body_that_never_arrives_is_a_408(tight):
+    with socket.create_connection(("127.0.0.1", tight.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/videos HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: 100\r\n\r\n{")
+        reply = b""
+        while b"request_timeout" not in reply and (chunk := sock.recv(4096)):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408") and b"request_timeout" in reply
+
+
+def test_connections_beyond_the_cap_get_503_and_idle_ones_close(tight):
+    idle = [socket.create_connection(("127.0.0.1", tight.port), timeout=10) for _ in range(6)]
+    try:
+        wait_for(lambda: httpx.get(f"{tight.url}/healthz").status_code == 503, 10,
+                 what="the connection cap")
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(lambda: httpx.get(f"{tight.url}/healthz").status_code == 200, 10,
+             what="the cap to free up")
+    with socket.create_connection(("127.0.0.1", tight.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = b""
+        while b'"ok"' not in reply and (chunk := sock.recv(4096)):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200")
+        sock.settimeout(5)
+        assert sock.recv(4096) == b""  # the idle keep-alive connection is closed after 1 s

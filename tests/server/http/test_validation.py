@@ -59,8 +59,8 @@ def test_seeds():
 
 
 @pytest.mark.parametrize(("value", "ok"), [
-    (None, 4), ("3", 3), (" 12 ", 12), (12, 12), ("abc", None), ("2.5", None), (0, None),
-    ("100000", None), (-1, None), ("", None)])
+    (None, 4), ("3", 3), (" 12 ", 12), ("4\n", 4), (12, 12), ("abc", None), ("2.5", None),
+    (0, None), ("100000", None), (-1, None), ("", None)])
 def test_seconds(value, ok):
     if ok is None:
         with pytest.raises(Invalid) as info:
