@@ -131,6 +131,7 @@ class DigitPromptEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.prompt_dim
+        self.rules = cfg.prompt_rules
         self.digit = nn.Embedding(10, d)
         self.count = nn.Embedding(MAX_DIGITS + 1, d)
         self.mlp = mlp(d, 4 * d, cfg.dim)
@@ -139,6 +140,7 @@ class DigitPromptEncoder(nn.Module):
         """(how often each digit is named (B, 10) float, digit count (B,) long)."""
         counts = torch.zeros(len(prompts), 10)
         for i, text in enumerate(prompts):
+            self.rules.check(text)  # its length first, then the grammar, as the API does
             for digit in parse_digit_prompt(text):
                 counts[i, digit] += 1
         return counts, counts.sum(1).long()
