@@ -106,9 +106,12 @@ class Settings(BaseSettings):
         """Every key the API accepts (tenants' and admins')."""
         return self.api_keys + self.admin_api_keys
 
+    def accepts(self, key: str | None) -> bool:
+        """Is ``key`` one of the API keys (tenants' or admins')? Constant-time compares."""
+        return _one_of(key, self.all_keys)
+
     def is_admin(self, key: str | None) -> bool:
-        return key is not None and any(hmac.compare_digest(key.encode(), k.encode())
-                                       for k in self.admin_api_keys)
+        return _one_of(key, self.admin_api_keys)
 
     def check_exposure(self) -> None:
         """Refuse to serve without keys on a non-loopback address; warn on loopback."""
@@ -130,6 +133,10 @@ class Settings(BaseSettings):
             if getattr(self, key) is not None:
                 params[key] = getattr(self, key)
         return params
+
+
+def _one_of(key: str | None, keys: list[str]) -> bool:
+    return key is not None and any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
 
 
 def is_loopback(host: str) -> bool:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -46,11 +45,6 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def key_ok(settings: Settings, key: str | None) -> bool:
-    return key is not None and any(hmac.compare_digest(key.encode(), k.encode())
-                                   for k in settings.all_keys)
-
-
 def bearer(header: str | None) -> str | None:
     if header and header[:7].lower() == "bearer ":
         return header[7:].strip()
@@ -67,7 +61,7 @@ def check_access(settings: Settings, client_host: str | None, key: str | None) -
     if key is None:
         raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
                        code="missing_api_key", type="authentication_error")
-    if not key_ok(settings, key):
+    if not settings.accepts(key):
         raise ApiError(401, "invalid API key", code="invalid_api_key",
                        type="authentication_error")
 

@@ -83,6 +83,11 @@ class Keys:
         keys expired can be taken out of them."""
         return f"{self.prefix}:jobs:listed"
 
+    @property
+    def listings_migrated(self) -> str:
+        """Set once every job from before per-owner listings has been put into them."""
+        return f"{self.prefix}:list:migrated"
+
     def owner(self, owner: str) -> str:
         """An owner's slots of running work (sorted set)."""
         return f"{self.prefix}:owner:{owner}"

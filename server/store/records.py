@@ -120,7 +120,10 @@ class RecordsMixin(StoreBase):
     def migrate_listings(self, batch: int = 500) -> int:
         """Put jobs submitted before per-owner listings existed into them (their owner:
         the record's, ``local`` when it has none); returns how many. Idempotent; the
-        roles run it at start."""
+        roles run it at start, and after one complete pass it only reads a flag (every
+        job submitted since is listed by ``submit`` itself)."""
+        if self.redis.exists(self.keys.listings_migrated):
+            return 0
         moved, cursor = 0, 0
         while True:
             cursor, rows = self.redis.zscan(self.keys.index, cursor, count=batch)
@@ -144,6 +147,7 @@ class RecordsMixin(StoreBase):
                     moved += 1
                 pipe.execute()
             if int(cursor) == 0:
+                self.redis.set(self.keys.listings_migrated, 1)
                 return moved
 
     @redis_errors
