@@ -121,7 +121,7 @@ class Bench:
         self.dtype = DTYPES[args.dtype]
         self.on_gpu = self.device.type == "cuda"
         self.kernels_ok = self.on_gpu and dispatch.triton_available() is None
-        self.compile_ok = self.on_gpu or args.compile_on_cpu
+        self.compile_ok = (self.on_gpu or args.compile_on_cpu) and not args.no_compile
         self.peak_flops, self.peak_bw = args.peak_tflops * 1e12, args.peak_tbps * 1e12
 
     def t(self, fn):
@@ -132,7 +132,8 @@ class Bench:
         if what == "kernels" and not self.kernels_ok:
             return "skipped: kernels run on CUDA only (CPU: tests use the interpreter)"
         if what == "compile" and not self.compile_ok:
-            return "skipped: torch.compile on CPU (use --compile-on-cpu)"
+            return ("skipped: --no-compile" if self.args.no_compile
+                    else "skipped: torch.compile on CPU (use --compile-on-cpu)")
         return None
 
     # -- layer -----------------------------------------------------------------------------
@@ -522,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, default=790.0)
     p.add_argument("--peak-tbps", type=float, default=4.3)
     p.add_argument("--compile-on-cpu", action="store_true")
+    p.add_argument("--no-compile", action="store_true",
+                   help="skip every torch.compile variant (each compiles for tens of seconds)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes on the CPU: checks the command, measures nothing useful")
     p.add_argument("--threads", type=int, default=0)

@@ -167,7 +167,7 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
                 f.write(json.dumps({"step": step, "changed": changed}) + "\n")
         np_rng.bit_generator.state = st["np_rng"][rank] if rank < len(st["np_rng"]) else \
             np_rng.bit_generator.state
-        t_rng.set_state(st["t_rng"])
+        t_rng.set_state(st["t_rng"].cpu())  # map_location moved it with the rest
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(

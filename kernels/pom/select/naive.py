@@ -9,8 +9,14 @@ projection ``ag_proj``.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
+
+
+def hardsigmoid(z: Tensor) -> Tensor:
+    """clamp(z / 6 + 1/2, 0, 1), the kernel's exact arithmetic. Not ``F.hardsigmoid``: on
+    CUDA it multiplies by 1/6 rounded to float32 even for float64 inputs (relative error
+    3e-8, seen on an H200 with torch 2.11), which is no reference for a float64 check."""
+    return (z / 6.0 + 0.5).clamp(0.0, 1.0)
 
 
 def select(hs: Tensor, bias: Tensor, hbar: Tensor, rows: int) -> Tensor:
@@ -19,7 +25,7 @@ def select(hs: Tensor, bias: Tensor, hbar: Tensor, rows: int) -> Tensor:
     E = hbar.shape[-1]
     if E % H:
         raise ValueError(f"{H} selection heads must divide {E} state channels")
-    s = F.hardsigmoid(hs + bias.to(hs.dtype))  # (B, T, H)
+    s = hardsigmoid(hs + bias.to(hs.dtype))  # (B, T, H)
     hb = hbar.to(hs.dtype)
     if hb.shape[1] == 1:  # one state row for every query: a view, not a copy
         hb = hb.expand(-1, T, -1)
