@@ -9,11 +9,15 @@ run minus before it, divided by N, when the server is a local process) next to t
 of PoM state a session carries. Each stream is stopped and its ``end`` awaited before the
 next level starts.
 
-Without ``--url`` it starts ``pomstream serve`` itself (in-process queue, the given model
-and ``--max-sessions`` as large as the largest N) and stops it at the end. Against another
+Without ``--url`` it starts ``pomstream serve`` itself (in-process queue, the given model,
+``--max-sessions`` batch slots: by default as many as the largest N; fewer slots than
+streams measure time-slicing, with ``--max-held`` and ``--min-session-fps`` passed on) and
+stops it at the end. Per level it also reports the slowest and fastest stream's frame rate
+and their ratio (fairness), and streams refused with ``server_busy``. Against another
 server, its ``POMSTREAM_MAX_ACTIVE_PER_KEY`` must allow the largest N for the key used.
 
     pomstream bench streams --streams 1 8 32 --seconds 20 --json bench/results/streams-cpu.json
+    pomstream bench streams --streams 32 --max-sessions 8 --max-held 32 --min-session-fps 0.5
     pomstream bench streams --url http://gpu-box:8000 --api-key $KEY --streams 1 8 32
 """
 
@@ -91,6 +95,9 @@ async def _stream(url: str, headers: dict, index: int, seconds: float, started: 
                     first = time.perf_counter()
                     if not stop_at:
                         stop_at.append(first + seconds)  # the first frame starts the clock
+            elif body["type"] == "error" and body.get("code") == "server_busy":
+                return {"session_id": None, "ttff_s": None, "frames_after_first": 0,
+                        "window_s": 0.0, "refused": True}
             elif body["type"] == "error":
                 raise RuntimeError(f"stream {index}: {body}")
         await ws.send(json.dumps({"type": "stop"}))
@@ -145,10 +152,14 @@ def run_level(base: str, headers: dict, n: int, seconds: float, pid: int | None)
         "seconds": seconds,
         "frames_per_s_per_stream_mean": round(statistics.mean(rates), 2) if rates else 0.0,
         "frames_per_s_per_stream_min": round(min(rates), 2) if rates else 0.0,
+        "frames_per_s_per_stream_max": round(max(rates), 2) if rates else 0.0,
+        "slowest_over_fastest": round(min(rates) / max(rates), 3) if rates and max(rates)
+        else None,
         "frames_per_s_total": round(sum(rates), 2),
         "ttff_p50_s": round(_percentile(ttff, 0.5), 3) if ttff else None,
         "ttff_p95_s": round(_percentile(ttff, 0.95), 3) if ttff else None,
         "streams_without_frames": n - len(ttff),
+        "streams_refused_busy": sum(1 for s in streams if s.get("refused")),
     }
     if before is not None and peak[0]:
         # everything the server holds per stream: state, activations of the batch,
@@ -174,10 +185,14 @@ def _start_server(args) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     log = Path(args.log or f"/tmp/pomstream-bench-{port}.log")
     cmd = [sys.executable, "-m", "pomstream", "serve", "--port", str(port), "--model",
-           args.model, "--max-sessions", str(max(args.streams)),
+           args.model, "--max-sessions", str(args.max_sessions or max(args.streams)),
            "--storage-dir", str(log.with_suffix("")) + "-videos"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.max_held:
+        cmd += ["--max-held", str(args.max_held)]
+    if args.min_session_fps is not None:
+        cmd += ["--min-session-fps", str(args.min_session_fps)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             env={**os.environ, "POMSTREAM_SESSION_WINDOW": "64",
                                  "POMSTREAM_RATE_LIMIT_PER_MINUTE": "100000",
@@ -206,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads of that server")
     p.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--seconds", type=float, default=20.0, help="measured time per level")
+    p.add_argument("--max-sessions", type=int, default=0,
+                   help="batch slots of the server started here (default: the largest N)")
+    p.add_argument("--max-held", type=int, default=0,
+                   help="jobs it holds, time-sliced (default: its own, 4 x slots)")
+    p.add_argument("--min-session-fps", type=float, default=None,
+                   help="frame rate each held session must keep (default: its own)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--log", help="server log file (default: /tmp/pomstream-bench-PORT.log)")
     args = p.parse_args(argv)
@@ -235,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
             proc.terminate()
             proc.wait(60)
     out = {"benchmark": "streams", "server": "started here" if proc else base,
-           "model": args.model, "machine": describe(torch.device("cpu")) if proc else None,
+           "model": args.model, "max_sessions": args.max_sessions or None,
+           "max_held": args.max_held or None, "min_session_fps": args.min_session_fps,
+           "machine": describe(torch.device("cpu")) if proc else None,
            "date": time.strftime("%Y-%m-%d"), "results": results}
     if proc is not None:
         out.update(_state_bytes(args.model))

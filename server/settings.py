@@ -62,7 +62,12 @@ class Settings(BaseSettings):
     # worker
     worker_id: str | None = None
     metrics_port: int | None = Field(None, ge=0, le=65535)  # `worker`: serve /metrics here
-    max_sessions: int = Field(8, ge=1, le=1024)
+    max_sessions: int = Field(8, ge=1, le=1024)  # batch slots: jobs stepped together
+    # time-slicing: jobs a worker holds at once (0: 4 x max_sessions), rotated through its
+    # slots; beyond the slots it takes more only while each still gets min_session_fps
+    # (0: no floor), and the API refuses live sessions beyond that (server_busy)
+    max_held: int = Field(0, ge=0, le=65_536)
+    min_session_fps: float = Field(2.0, ge=0, le=1000)
     snapshot_every: int = Field(16, ge=1, le=10_000)  # frames; also the keyframe interval
     encoder_qp: int = Field(20, ge=0, le=51)
     encode_threads: int = Field(1, ge=1, le=64)

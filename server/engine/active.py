@@ -33,6 +33,7 @@ class ActiveJob:
     done: threading.Event = field(default_factory=threading.Event)
     live: LiveState | None = None  # set for live sessions (pomstream.server.store.sessions)
     first_stored: bool = False  # this run stored a fragment (time to first frame is known)
+    stepped_at: int = -1  # the worker's step count when it last stepped (-1: never)
 
     @property
     def kind(self) -> str:

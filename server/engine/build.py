@@ -27,4 +27,6 @@ def build_worker(settings: Settings, queue: JobQueue, storage: LocalStorage) -> 
                   session_window=settings.session_window,
                   viewer_timeout_s=settings.viewer_timeout_s,
                   detached_ttl_s=settings.detached_ttl_s,
-                  max_active_per_key=settings.max_active_per_key)
+                  max_active_per_key=settings.max_active_per_key,
+                  max_held=settings.max_held or None,
+                  min_session_fps=settings.min_session_fps)

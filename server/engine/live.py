@@ -5,6 +5,7 @@ forks and the end of a run (protocol: :mod:`pomstream.server.store.sessions`).
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -151,6 +152,12 @@ class LiveControl:
                                        t0))
         if (made - a.live.base) % a.config.keyframe_interval == 0:
             self._queue_snapshot(a)
+        fps = a.live.rate_due(time.monotonic())
+        if fps is not None:  # where it stands: its rate, and how many share the batch
+            event = {"type": "status", "status": "live", "frame": made - 1,
+                     "fps": round(fps, 2), "held": len(self._active), "slots": self.max_sessions}
+            a.pending.append(a.lane.submit(self._on_lane, a, self.queue.publish_event, a.id,
+                                           event))
         a.live.frames_since_trim += 1
         if a.live.frames_since_trim >= TRIM_EVERY:  # unlimited length, bounded memory
             a.live.frames_since_trim = 0

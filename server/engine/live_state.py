@@ -6,12 +6,14 @@ regeneration, forks) is described in :mod:`pomstream.server.store.sessions`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from pomstream.media.fmp4 import LiveEncoder
 from pomstream.server.engine.jobs import Ending
 
 TRIM_EVERY = 64  # frames between trims of a session's frame stream
+STATUS_EVERY_S = 2.0  # how often a running session is told its frame rate
 
 
 @dataclass(eq=False)
@@ -25,11 +27,24 @@ class LiveState:
     acked: int = -1
     frames_since_trim: int = 0
     ending: Ending | None = None  # DETACH or STOP, once decided
+    status_t0: float = field(default_factory=time.monotonic)  # frame-rate window start
+    status_frames: int = 0  # frames made in that window
 
     def ready(self, frame_index: int, window: int) -> bool:
         """May the next frame be made now (not paused, within the viewer's window)?"""
         delivered = max(self.acked + 1, self.run_start)
         return not self.paused and frame_index - delivered < window
+
+
+    def rate_due(self, now: float) -> float | None:
+        """Count a frame; every STATUS_EVERY_S the frame rate since the last report."""
+        self.status_frames += 1
+        elapsed = now - self.status_t0
+        if elapsed < STATUS_EVERY_S:
+            return None
+        fps = self.status_frames / elapsed
+        self.status_t0, self.status_frames = now, 0
+        return fps
 
 
 def new_encoder(width: int, height: int, fps: int, config, stream_index: int) -> LiveEncoder:

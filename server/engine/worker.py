@@ -4,10 +4,20 @@ Threads
 -------
 A :class:`Worker` runs one *stepping thread* that owns the model. Each pass of its loop:
 
-1. admits jobs from the :class:`~pomstream.server.store.JobQueue` while it has free slots
+1. admits jobs from the :class:`~pomstream.server.store.JobQueue` while it has room
    (continuous batching: sessions join and leave between frames, never inside one);
 2. drops jobs that were cancelled or deleted, or whose encoding failed;
-3. advances *all* active sessions by one frame in a single ``generator.step(sessions)``.
+3. advances the jobs that may step by one frame in a single ``generator.step(sessions)``,
+   at most ``max_sessions`` (the batch slots) of them.
+
+Time-slicing: a worker may hold more jobs than it has slots (``max_held``). A PoM session
+is a fixed-size state, so holding one costs memory only, and each step takes the ready jobs
+that stepped least recently (round robin: equal frame rates for jobs that are always
+ready). Beyond its slots a worker takes another job only while its measured frame rate
+(frames/s at a full batch) still gives every held job ``min_session_fps``; it reports its
+spare room in the worker registry, which the API reads to refuse a live session that
+would not get that rate (``server_busy``). Each live session hears every two seconds at
+what rate it runs (``status`` events: ``fps``, ``held``, ``slots``).
 
 Everything after the model is done off the stepping thread, on *encode lanes*: a few
 single-thread executors, each job pinned to one lane so its work runs in order. Per frame a
@@ -98,6 +108,8 @@ from pomstream.server.store import (
 log = logging.getLogger("pomstream.engine")
 
 SWEEP_EVERY_S = 600  # how often a worker removes expired files from the storage
+CALIBRATION_STEPS = 3  # full-batch steps timed at start (the first one warms up)
+CALIBRATION_SHARE = 0.8  # of the model's frame rate, until the loop's own is measured
 
 
 # --- the worker -------------------------------------------------------------------------
@@ -111,11 +123,19 @@ class Worker(Admission, Extensions, Endings, LiveControl):
                  qp: int = 20, encode_threads: int = 1, video_ttl_s: int = 86_400,
                  params: dict[str, Any] | None = None, max_pending: int = 32,
                  session_window: int = 8, viewer_timeout_s: float = 15.0,
-                 detached_ttl_s: int = 3600, max_active_per_key: int | None = None):
+                 detached_ttl_s: int = 3600, max_active_per_key: int | None = None,
+                 max_held: int | None = None, min_session_fps: float = 2.0):
         self.queue, self.generator, self.storage = queue, generator, storage
         default_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"w-{socket.gethostname()}-{os.getpid()}")
         self.id = check_id(worker_id or default_id[-64:], "worker id")
         self.max_sessions, self.snapshot_every, self.qp = max_sessions, snapshot_every, qp
+        self.max_held = max(max_sessions, max_held or 4 * max_sessions)
+        self.min_session_fps = min_session_fps
+        self._step_no = 0  # steps made: a job's ``stepped_at`` orders the round robin
+        self._full_rate: float | None = None  # frames/s of full batches (moving average)
+        self._partial_rate = 0.0  # best frames/s of smaller batches (a lower bound)
+        self._last_start: float | None = None  # when the last step started
+        self._reported: tuple[int, float] | None = None  # (spare room, when) last reported
         self.video_ttl_s, self.params, self.max_pending = video_ttl_s, params or {}, max_pending
         self.registry = WorkerRegistry(queue)
         self.sessions = SessionStore(queue, viewer_timeout_s)
@@ -142,8 +162,11 @@ class Worker(Admission, Extensions, Endings, LiveControl):
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> Worker:
+        if self._thread is not None:  # two stepping threads would step every job twice
+            raise RuntimeError(f"worker {self.id} was already started")
         self.queue.ensure_group()
-        self.registry.beat(self.id)
+        self._calibrate()  # before it counts as alive: its room is known when it is
+        self.registry.beat(self.id, self.capacity())
         self._thread = threading.Thread(target=self._run, name="stepper", daemon=True)
         self._heart = threading.Thread(target=self._heartbeat_loop, name="heartbeat",
                                        daemon=True)
@@ -169,6 +192,27 @@ class Worker(Admission, Extensions, Endings, LiveControl):
             raise WorkerDead(f"worker {self.id} is not running"
                              + (f": {self.crashed!r}" if self.crashed else ""))
 
+    def capacity(self) -> int:
+        """How many jobs this worker holds at most now: its batch slots, and beyond them as
+        many as its measured frame rate time-slices at ``min_session_fps`` each."""
+        rate = self._full_rate or self._partial_rate
+        if self.min_session_fps <= 0:
+            return self.max_held
+        if not rate:
+            return self.max_sessions  # nothing measured yet: no time-slicing
+        return max(self.max_sessions, min(self.max_held, int(rate / self.min_session_fps)))
+
+    def _report_capacity(self) -> None:
+        """Tell the registry how much room is left: at once when it shrank (the API must
+        not admit into room that is gone), when it grew at most 4 times a second, and
+        every heartbeat interval."""
+        spare, now = self.capacity() - len(self._active), time.monotonic()
+        last = self._reported
+        if last is None or spare < last[0] or (spare > last[0] and now - last[1] >= 0.25) or (
+                now - last[1] >= self.queue.heartbeat_interval_s):
+            self.registry.beat(self.id, spare)
+            self._reported = (spare, now)
+
     def active_by_kind(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for a in list(self._active):
@@ -177,11 +221,35 @@ class Worker(Admission, Extensions, Endings, LiveControl):
 
     # -- the stepping thread ------------------------------------------------------------
 
+    def _calibrate(self) -> None:
+        """At start, when time-slicing has a rate floor: time a full batch of
+        throwaway sessions, so the room beyond the slots is known from the start (a burst
+        of viewers must not wait for a measurement). The model's step alone is counted at
+        CALIBRATION_SHARE: the loop around it costs too, measured once jobs run."""
+        if self.min_session_fps <= 0 or self.max_held <= self.max_sessions:
+            return
+        try:
+            sessions = [self.generator.session("", seed=i, **self.params)
+                        for i in range(self.max_sessions)]
+            times = []
+            for _ in range(CALIBRATION_STEPS):
+                t0 = time.monotonic()
+                self.generator.step(sessions)
+                times.append(time.monotonic() - t0)
+        except Exception as exc:  # noqa: BLE001 - no calibration: measured on jobs instead
+            log_event(log, "worker.calibration_failed", logging.WARNING, error=str(exc))
+            return
+        step = sorted(times[1:])[len(times[1:]) // 2]  # the first one warms up
+        self._full_rate = CALIBRATION_SHARE * self.max_sessions / max(step, 1e-6)
+        log_event(log, "worker.calibrated", frames_per_s=round(self._full_rate, 2),
+                  capacity=self.capacity())
+
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
                 try:
                     self._admit()
+                    self._report_capacity()
                     if self._active:
                         self._drop_finished_or_stopped()
                         self._step_ready()
@@ -203,7 +271,7 @@ class Worker(Admission, Extensions, Endings, LiveControl):
             log_event(log, "worker.stop", worker=self.id, frames=self.frames_made)
 
     def _admit(self) -> None:
-        free = self.max_sessions - len(self._active)
+        free = self.capacity() - len(self._active)
         if free <= 0:
             return
         t0 = time.monotonic()
@@ -216,9 +284,11 @@ class Worker(Admission, Extensions, Endings, LiveControl):
 
     def _step_ready(self) -> None:
         """Step the jobs that may make a frame now; sessions paused or at the end of their
-        viewer's window sit out. If none may, wait a moment instead of spinning."""
-        batch = [a for a in self._active
+        viewer's window sit out. More ready jobs than slots: those that stepped least
+        recently go (round robin). If none may, wait a moment instead of spinning."""
+        ready = [a for a in self._active
                  if a.live is None or a.live.ready(a.session.frame_index, self.session_window)]
+        batch = sorted(ready, key=lambda a: a.stepped_at)[:self.max_sessions]
         if batch:
             self._step_or_fail(batch)
         else:
@@ -259,6 +329,10 @@ class Worker(Admission, Extensions, Endings, LiveControl):
                 a.pending.popleft()
         t0 = time.monotonic()
         frames = self.generator.step([a.session for a in batch])
+        self._measure(len(batch), t0)
+        self._step_no += 1
+        for a in batch:
+            a.stepped_at = self._step_no
         self.frames_made += len(batch)
         self.metrics.rate.add(len(batch))
         for a, frame in zip(list(batch), frames, strict=True):
@@ -277,6 +351,21 @@ class Worker(Admission, Extensions, Endings, LiveControl):
                                                snap, made))
             if made >= a.job.frames:
                 self._retire(a, Ending.FINALIZE)
+
+    def _measure(self, size: int, started: float) -> None:
+        """The worker's frame rate, per wall-clock time from one step's start to the next
+        (the model, and everything the loop does between steps): over full batches (what
+        time-slicing divides), else the best smaller batch (a lower bound: a bigger batch
+        makes at least as many frames a second)."""
+        previous, self._last_start = self._last_start, started
+        if previous is None or started - previous > 5.0:  # the first, or after idling
+            return
+        rate = size / max(started - previous, 1e-6)
+        if size >= self.max_sessions:
+            self._full_rate = rate if self._full_rate is None else (
+                0.9 * self._full_rate + 0.1 * rate)
+        else:
+            self._partial_rate = max(self._partial_rate * 0.999, rate)
 
     def _retire(self, a: ActiveJob, end: str, error: BaseException | None = None) -> None:
         """Move a job out of the batch; its ``end`` (FINALIZE, FAIL or RELEASE) runs
@@ -311,7 +400,8 @@ class Worker(Admission, Extensions, Endings, LiveControl):
             if not behind:
                 break
             try:
-                self._step_or_fail(behind)
+                self._step_or_fail(sorted(behind, key=lambda a: a.stepped_at)
+                                   [:self.max_sessions])
             except QueueUnavailable:
                 break
         for a in list(self._active):

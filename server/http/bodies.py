@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
@@ -30,7 +31,9 @@ async def read_body(request: Request, files: bool = False) -> dict[str, Any]:
             raise ApiError(400, "body must be a JSON object", code="invalid_json")
         return body
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        await _body(request)  # read (and bounded) first: a hang-up is one log line
+        raw = await _body(request)  # read (and bounded) first: a hang-up is one log line
+        if ctype == "application/x-www-form-urlencoded":
+            _check_urlencoded(raw)
         try:
             form = await request.form(max_files=1 if files else 0, max_fields=32)
             body = {}
@@ -39,9 +42,34 @@ async def read_body(request: Request, files: bool = False) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - any malformed form is the client's fault
             detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
             raise ApiError(400, f"malformed form body: {detail}", code="invalid_form") from None
+        if ctype == "multipart/form-data":
+            _check_multipart_text(raw, body)
         return body
     raise ApiError(415, "send the body as application/json or multipart/form-data",
                    code="unsupported_media_type")
+
+
+def _not_utf8(field: str) -> ApiError:
+    return ApiError(400, f"form field {field!r} is not valid UTF-8", code="invalid_form",
+                    param=field)
+
+
+def _check_urlencoded(raw: bytes) -> None:
+    """Every name and value of an urlencoded body must be UTF-8 once unquoted (Starlette
+    would put U+FFFD in place of the bad bytes)."""
+    try:
+        parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise ApiError(400, "the form body is not valid UTF-8", code="invalid_form") from None
+
+
+def _check_multipart_text(raw: bytes, body: dict[str, Any]) -> None:
+    """A text field of a multipart form must be UTF-8. Starlette decodes a field that is
+    not as Latin-1 instead (mojibake), so a text value whose UTF-8 bytes do not occur in
+    the body came from other bytes: refused. (ASCII reads the same either way.)"""
+    for key, value in body.items():
+        if isinstance(value, str) and not value.isascii() and value.encode() not in raw:
+            raise _not_utf8(key)
 
 
 async def _body(request: Request) -> bytes:

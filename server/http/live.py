@@ -23,7 +23,14 @@ a later frame, its next cut), and ``base``: the frame at media time 0, non-zero 
 ``frame`` message (its index, keyframe flag and ``made_ms``, the unix time in ms at which the
 worker stored it) followed by the fragment as a binary message. Also ``prompt``, ``paused``,
 ``resumed``, ``forked`` (``fork_id``: the new session's id), ``status``, ``error`` and a
-final ``end``.
+final ``end``. ``status`` says where the session stands: ``queued`` with ``ahead`` (queued
+jobs before it) every 2 s until a worker takes it, then ``live`` when it starts and every
+2 s while it runs, with ``fps`` (its frame rate over those 2 s), ``held`` (jobs its worker
+holds) and ``slots`` (its batch size): more held than slots means they take turns.
+
+Admission: a ``start`` that no worker could serve at ``POMSTREAM_MIN_SESSION_FPS`` (their
+spare room, net of what already waits, is gone) gets ``error`` ``server_busy`` with
+``retry_after`` (seconds); the connection stays open for another try.
 
 Pacing: the handler tells the worker the last frame delivered (sent, or acked by the client
 when it asked for acks); the worker stays within a window of frames ahead of it. A resumed
@@ -73,6 +80,7 @@ from pomstream.server.store import (
     SessionEnded,
     SessionNotFound,
     SessionStore,
+    WorkerRegistry,
 )
 
 log = logging.getLogger("pomstream.live")
@@ -94,12 +102,30 @@ class TakenOver(Exception):
 class BadValue(Exception):
     """A well-formed message with a value the server refuses: error message, go on."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, retry_after: int | None = None):
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.retry_after = code, message, retry_after
 
+    def event(self) -> dict[str, Any]:
+        event = {"type": "error", "code": self.code, "message": self.message}
+        if self.retry_after is not None:
+            event["retry_after"] = self.retry_after
+        return event
+
+
+BUSY_RETRY_S = 5  # retry_after of a server_busy refusal (seconds)
+QUEUED_STATUS_EVERY_S = 2.0  # how often a waiting session hears where it stands
 
 router = APIRouter(prefix="/v1")  # auth is checked in the handler, before accepting
+
+
+def admission_lock(state) -> asyncio.Lock:
+    """One lock per app: the room check and the submit of a new session happen together,
+    so concurrent starts each count the ones queued before them."""
+    lock = getattr(state, "session_admission", None)
+    if lock is None:
+        lock = state.session_admission = asyncio.Lock()
+    return lock
 
 
 def session_store(ws: WebSocket) -> SessionStore:
@@ -221,7 +247,7 @@ class LiveConnection:
                 try:
                     self.within_rate()
                 except BadValue as exc:
-                    await self.send({"type": "error", "code": exc.code, "message": exc.message})
+                    await self.send(exc.event())
                     continue
                 await self.open(msg)
         except TimeoutError:
@@ -229,14 +255,28 @@ class LiveConnection:
                 from None
         forward = asyncio.ensure_future(self.forward())
         control = asyncio.ensure_future(self.control_loop())
+        queued = asyncio.ensure_future(self.report_queued())
         try:
             done, _ = await asyncio.wait({forward, control},
                                          return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # re-raise ProtocolError, disconnects, Redis errors
         finally:
-            for task in (forward, control):
+            for task in (forward, control, queued):
                 task.cancel()
+
+    async def report_queued(self) -> None:
+        """Until a worker runs the session (its init segment arrives), tell the client
+        every QUEUED_STATUS_EVERY_S how many queued jobs wait before it."""
+        while not self.init_sent:
+            await asyncio.sleep(QUEUED_STATUS_EVERY_S)
+            try:
+                ahead = await self.call(self.rt.queue.waiting_ahead, self.sid)
+            except QueueUnavailable:
+                return  # the other tasks report the outage
+            if ahead is not None and not self.init_sent:
+                await self.send({"type": "status", "status": "queued", "ahead": ahead,
+                                 "session_id": self.sid})
 
     async def open(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
@@ -245,7 +285,7 @@ class LiveConnection:
         try:
             await (self.start(msg) if kind == "start" else self.attach(msg))
         except BadValue as exc:
-            await self.send({"type": "error", "code": exc.code, "message": exc.message})
+            await self.send(exc.event())
 
     async def start(self, msg: dict[str, Any]) -> None:
         info = self.rt.info
@@ -259,9 +299,11 @@ class LiveConnection:
         if self.rt.worker is not None:  # serve: its only worker died, nothing would run
             self.rt.worker.check_alive()
         job = SessionJob(new_session_id(), prompt, seed, size, info.name, owner=self.owner)
-        await self.within_limit(submit_within_limit, self.rt.queue, self.settings,
-                                self.owner, job.payload(),
-                                functools.partial(self.store.prepare, job.id, self.token))
+        async with admission_lock(self.ws.app.state):  # a burst of starts sees its own queue
+            await self.check_room()
+            await self.within_limit(submit_within_limit, self.rt.queue, self.settings,
+                                    self.owner, job.payload(),
+                                    functools.partial(self.store.prepare, job.id, self.token))
         self.sid = job.id
         await self.send({"type": "session", "session_id": job.id, "status": "queued",
                          "frame": 0, "resumed": False, "seed": seed, "fps": info.fps,
@@ -299,6 +341,20 @@ class LiveConnection:
             await self.send_init(init.mime, init.data)
         if attached.state == "live":  # a worker runs it: ask for a keyframe to start from
             await self.call(self.store.send, sid, {"op": "keyframe"})
+
+    async def check_room(self) -> None:
+        """Refuse a session that no worker would serve at its minimum frame rate now
+        (what waits in the queue already takes the workers' spare room): a live viewer
+        gains nothing from waiting in a queue without a frame."""
+        registry = WorkerRegistry(self.rt.queue)
+        max_age = 3 * self.rt.queue.heartbeat_interval_s + 5
+        spare = await self.call(registry.spare, max_age)
+        if spare is None:  # no worker reports room (none alive): the queue holds it
+            return
+        length, held = await self.call(self.rt.queue.depth)
+        if spare <= length - held:
+            raise BadValue("server_busy", "every worker runs as many live sessions as it can "
+                           "at the minimum frame rate; try again shortly", BUSY_RETRY_S)
 
     async def within_limit(self, fn, *args) -> None:
         """Run a slot claim (deps.py) against the key's limit on running work; a full
@@ -395,7 +451,7 @@ class LiveConnection:
                 self.within_rate()
                 await self.control(msg)
             except BadValue as exc:
-                await self.send({"type": "error", "code": exc.code, "message": exc.message})
+                await self.send(exc.event())
 
     async def control(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]

@@ -25,6 +25,7 @@ Keys
 ``{p}:rate:{owner}:{window}``  string       an owner's requests in one rate window
 ``{p}:content:{sha256}``       string       the job whose video file has this hash
 ``{p}:workers``                sorted set   worker id -> last heartbeat (registry.py)
+``{p}:workers:capacity``       hash         worker id -> jobs it can still take (registry.py)
 =============================  ===========  ===============================================
 
 Every key is built by :class:`~.keys.Keys`; the Lua scripts are in :mod:`.scripts`.

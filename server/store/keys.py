@@ -106,6 +106,11 @@ class Keys:
         """Live workers and their last heartbeat (sorted set)."""
         return f"{self.prefix}:workers"
 
+    @property
+    def capacity(self) -> str:
+        """Per live worker: how many more jobs it can take (hash worker id -> count)."""
+        return f"{self.prefix}:workers:capacity"
+
     def of_job(self, job_id: str) -> list[str]:
         """Every key that belongs to one job, its record first."""
         return [self.job(job_id), self.frames(job_id), self.meta(job_id),

@@ -69,6 +69,22 @@ class JobQueue(RecordsMixin, FramesMixin, LimitsMixin, StoreBase):
         return job_id
 
     @redis_errors
+    def waiting_ahead(self, job_id: str, limit: int = 1000) -> int | None:
+        """How many queued jobs no worker has taken yet come before ``job_id``; None when
+        it is not waiting (taken, gone) or not among the first ``limit`` waiting."""
+        try:
+            groups = self.redis.xinfo_groups(self.keys.queue)
+        except redis.ResponseError:  # no stream or group yet: nothing was ever taken
+            groups = []
+        last = next((text(g["last-delivered-id"]) for g in groups
+                     if text(g["name"]) == GROUP), "0-0")
+        entries = self.redis.xrange(self.keys.queue, f"({last}", "+", count=limit)
+        for ahead, (_, fields) in enumerate(entries):
+            if json.loads(fields[b"job"]).get("id") == job_id:
+                return ahead
+        return None
+
+    @redis_errors
     def take(self, consumer: str, count: int = 1, block_ms: int | None = 1000) -> list[Lease]:
         """Up to ``count`` jobs for ``consumer``: stale ones first, then new ones.
 

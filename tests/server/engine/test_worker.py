@@ -31,7 +31,9 @@ def queue():
 
 
 def make_worker(queue, generator, tmp_path, **kwargs) -> Worker:
-    kwargs = {"max_sessions": 2, "snapshot_every": KEYFRAMES, "params": {"steps": 2}, **kwargs}
+    # no rate floor, so no calibration steps: these tests count the generator's steps
+    kwargs = {"max_sessions": 2, "snapshot_every": KEYFRAMES, "params": {"steps": 2},
+              "min_session_fps": 0, **kwargs}
     return Worker(queue, generator, LocalStorage(tmp_path), **kwargs)
 
 

@@ -169,3 +169,30 @@ def test_bad_websocket_messages_get_an_error_not_a_crash(digits_server, message)
         reply = json.loads(ws.recv(timeout=10))
         assert reply["type"] == "error" and reply["code"] in ("invalid_prompt",
                                                               "protocol_error")
+
+
+def multipart(fields: dict[str, bytes]) -> tuple[bytes, dict[str, str]]:
+    """A multipart body written byte by byte (clients would refuse to send bad UTF-8)."""
+    boundary = "pomstreamtestboundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+             + value + b"\r\n" for name, value in fields.items()]
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_form_fields_must_be_utf8(digits_server):
+    """Invalid UTF-8 in a form is a 400 naming the field, not mojibake (issue 12)."""
+    url = digits_server.url + "/v1/videos"
+    body, headers = multipart({"prompt": b"digit 1", "seconds": b"4\xff"})
+    error = assert_openai_error(httpx.post(url, content=body, headers=headers), 400, "seconds")
+    assert error["code"] == "invalid_form" and "UTF-8" in error["message"]
+    body, headers = multipart({"prompt": b"digit \xc3\xa9"})  # valid UTF-8 (an e-acute)
+    reply = httpx.post(url, content=body, headers=headers)
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "prompt_not_understood"
+    body, headers = multipart({"prompt": b"digit 2"})
+    assert httpx.post(url, content=body, headers=headers).status_code == 200
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    error = assert_openai_error(httpx.post(url, content=b"prompt=digit%20%FF", headers=form),
+                                400)
+    assert error["code"] == "invalid_form"
+    assert httpx.post(url, content=b"prompt=digit%203", headers=form).status_code == 200
