@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     # per API key (without keys: for all loopback clients together)
     rate_limit_per_minute: int = Field(600, ge=1)  # HTTP requests and WebSocket opens
     max_active_per_key: int = Field(16, ge=1)  # videos queued or running + live sessions
+    # the snapshots a key's finished videos and stopped sessions keep (to be extended or
+    # forked) are dropped oldest first beyond this many bytes (0: no cap)
+    max_snapshot_bytes_per_key: int = Field(256 * 2**20, ge=0)
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod

@@ -29,4 +29,5 @@ def build_worker(settings: Settings, queue: JobQueue, storage: LocalStorage) -> 
                   detached_ttl_s=settings.detached_ttl_s,
                   max_active_per_key=settings.max_active_per_key,
                   max_held=settings.max_held or None,
-                  min_session_fps=settings.min_session_fps)
+                  min_session_fps=settings.min_session_fps,
+                  max_snapshot_bytes=settings.max_snapshot_bytes_per_key or None)

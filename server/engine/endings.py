@@ -75,9 +75,18 @@ class Endings:
         self.queue.finish_job(a.id, "completed")
         self.queue.index_content(a.id, sha, self.video_ttl_s, a.job.owner)
         self._ack(a)
+        self._trim_snapshots(a)
         elapsed = time.monotonic() - a.started
         log_event(log, "job.completed", job_id=a.id, worker=self.id, frames=a.job.frames,
                   seconds=round(elapsed, 3), bytes=len(data))
+
+    def _trim_snapshots(self, a: ActiveJob) -> None:
+        """A finished job keeps its snapshot; its key's kept ones stay under the cap."""
+        if self.max_snapshot_bytes is None:
+            return
+        dropped = self.queue.trim_snapshots(a.job.owner, self.max_snapshot_bytes)
+        if dropped:
+            log_event(log, "snapshots.dropped", owner=a.job.owner, jobs=dropped)
 
     def _assemble(self, a: ActiveJob) -> bytes:
         """init + every fragment, read back from the frame stream (it has all of them,

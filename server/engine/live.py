@@ -171,6 +171,7 @@ class LiveControl:
             self.queue.finish_job(a.id, "completed")
             self.sessions.expire(a.id, self.video_ttl_s)
             self._ack(a)
+            self._trim_snapshots(a)
         elif self.sessions.settle(a.id) == 1:  # a viewer attached meanwhile: run it again
             self.queue.release(a.lease)
         else:

@@ -124,13 +124,15 @@ class Worker(Admission, Extensions, Endings, LiveControl):
                  params: dict[str, Any] | None = None, max_pending: int = 32,
                  session_window: int = 8, viewer_timeout_s: float = 15.0,
                  detached_ttl_s: int = 3600, max_active_per_key: int | None = None,
-                 max_held: int | None = None, min_session_fps: float = 2.0):
+                 max_held: int | None = None, min_session_fps: float = 2.0,
+                 max_snapshot_bytes: int | None = None):
         self.queue, self.generator, self.storage = queue, generator, storage
         default_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"w-{socket.gethostname()}-{os.getpid()}")
         self.id = check_id(worker_id or default_id[-64:], "worker id")
         self.max_sessions, self.snapshot_every, self.qp = max_sessions, snapshot_every, qp
         self.max_held = max(max_sessions, max_held or 4 * max_sessions)
         self.min_session_fps = min_session_fps
+        self.max_snapshot_bytes = max_snapshot_bytes  # per key, kept by finished jobs
         self._step_no = 0  # steps made: a job's ``stepped_at`` orders the round robin
         self._full_rate: float | None = None  # frames/s of full batches (moving average)
         self._partial_rate = 0.0  # best frames/s of smaller batches (a lower bound)

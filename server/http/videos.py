@@ -198,8 +198,9 @@ async def extend_video(request: Request, tenant: Owner, rt: RuntimeDep,
     job = extension_job(source, req, rt.info, settings, tenant.owner)
     snap = await anyio.to_thread.run_sync(rt.queue.load_snapshot, source["id"])
     if snap is None or snap.frame_index != job.source_frames:
-        raise ApiError(409, f"the saved state of video {source['id']} is gone (expired); "
-                       "it can no longer be extended", param="video",
+        raise ApiError(409, f"the saved state of video {source['id']} is gone (expired, "
+                       "or dropped to keep this key's stored states under its cap); it can "
+                       "no longer be extended", param="video",
                        code="video_expired")
     return await _submit(rt, settings, tenant, job)
 

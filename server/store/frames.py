@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +42,35 @@ class FramesMixin(StoreBase):
         if saved < 0:
             raise JobNotFound(job_id)
         return bool(saved)
+
+    @redis_errors
+    def trim_snapshots(self, owner: str, max_bytes: int) -> list[str]:
+        """Keep ``owner``'s stored snapshots within ``max_bytes``: drop those of its oldest
+        finished jobs (a finished video keeps its state only to be extended, a stopped
+        session to be forked again) until the rest fit. Running and detached jobs'
+        snapshots are never dropped: they are how those resume, and they are bounded by
+        the key's limit of running work. Returns the jobs whose snapshots were dropped."""
+        check_id(owner, "owner")
+        rows = []
+        for kind in ("video", "session"):
+            rows += self.redis.zrange(self.keys.listing(owner, kind), 0, -1, withscores=True)
+        ids = [text(member) for member, _ in sorted(rows, key=lambda row: row[1])]
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hstrlen(self.keys.snapshot(job_id), "data")
+            pipe.hget(self.keys.job(job_id), "status")
+        replies = pipe.execute()
+        sizes, statuses = replies[0::2], replies[1::2]
+        total, dropped = sum(sizes), []
+        for job_id, size, status in zip(ids, sizes, statuses, strict=True):
+            if total <= max_bytes:
+                break
+            if size and status is not None and json.loads(status) in FINAL_STATUSES:
+                dropped.append(job_id)
+                total -= size
+        if dropped:
+            self.redis.delete(*(self.keys.snapshot(job_id) for job_id in dropped))
+        return dropped
 
     @redis_errors
     def load_snapshot(self, job_id: str) -> Snapshot | None:

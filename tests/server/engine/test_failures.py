@@ -101,3 +101,17 @@ def test_graceful_stop_releases_with_a_snapshot_and_another_worker_finishes(queu
 
 def test_endings_are_an_enum_of_the_documented_five():
     assert [e.value for e in Ending] == ["finalize", "fail", "release", "detach", "stop"]
+
+
+def test_finished_videos_keep_their_keys_snapshots_under_the_cap(queue, tmp_path):
+    """Each finished video keeps its final snapshot (to be extended); past the key's cap
+    the oldest ones are dropped, the video itself stays."""
+    size = len(FakeGenerator().session("digit 1", 3).snapshot())
+    worker = run(queue, FakeGenerator(), tmp_path, max_snapshot_bytes=2 * size)
+    for name in ("old", "mid", "new"):  # one after the other: their ages are known
+        queue.submit(video(name))
+        wait_for(lambda name=name: final(queue, name), 20, what=f"video {name}")
+    worker.stop()
+    assert [queue.load_snapshot(n) is not None for n in ("old", "mid", "new")] == [
+        False, True, True]
+    assert queue.get_job("old")["status"] == "completed"
