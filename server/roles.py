@@ -38,6 +38,7 @@ def run_server(settings: Settings, with_worker: bool) -> int:
     import uvicorn
 
     from pomstream.server.http.app import create_app
+    from pomstream.server.http.protocol import header_timeout_protocol
 
     settings.check_exposure()
     if not with_worker and not settings.redis_url:
@@ -47,6 +48,7 @@ def run_server(settings: Settings, with_worker: bool) -> int:
     app = create_app(settings, runtime)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             ws="websockets-sansio", lifespan="on", timeout_graceful_shutdown=10,
+                            http=header_timeout_protocol(settings.header_timeout_s),
                             limit_concurrency=settings.max_connections,
                             timeout_keep_alive=settings.keep_alive_s)
     server = uvicorn.Server(config)

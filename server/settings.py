@@ -89,10 +89,13 @@ class Settings(BaseSettings):
     default_seconds: int = Field(4, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     # connections: beyond max_connections open connections (or running requests) the
-    # server answers 503; an idle keep-alive connection closes after keep_alive_s; a body
+    # server answers 503; an idle keep-alive connection closes after keep_alive_s; a
+    # request head not received within header_timeout_s closes the connection; a body
     # not received within body_timeout_s is a 408
     max_connections: int = Field(2048, ge=1)
     keep_alive_s: float = Field(5.0, gt=0, le=3600)
+    # a request head (request line and headers) must arrive within this (slowloris)
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
     body_timeout_s: float = Field(30.0, gt=0, le=3600)
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # a video sent back to extend
     # per API key (without keys: for all loopback clients together)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 
 import httpx
 import pytest
@@ -79,7 +80,8 @@ def tight(tiny_model_file, tmp_path_factory):
     proc = ServerProcess("serve", tmp_path_factory.mktemp("tight"), tiny_model_file,
                          port=free_port(), env={"POMSTREAM_MAX_CONNECTIONS": "4",
                                                 "POMSTREAM_BODY_TIMEOUT_S": "1",
-                                                "POMSTREAM_KEEP_ALIVE_S": "1"})
+                                                "POMSTREAM_KEEP_ALIVE_S": "1",
+                                                "POMSTREAM_HEADER_TIMEOUT_S": "2"})
     proc.start().wait_ready()
     yield proc
     assert proc.stop() == 0, proc.log()
@@ -113,3 +115,37 @@ def test_connections_beyond_the_cap_get_503_and_idle_ones_close(tight):
         assert reply.startswith(b"HTTP/1.1 200")
         sock.settimeout(5)
         assert sock.recv(4096) == b""  # the idle keep-alive connection is closed after 1 s
+
+
+def read_all(sock: socket.socket) -> bytes:
+    reply = b""
+    while chunk := sock.recv(4096):
+        reply += chunk
+    return reply
+
+
+def test_a_request_head_that_never_completes_is_closed(tight):
+    """Slowloris: a head sent a byte at a time (each byte would reset a keep-alive timer)
+    is cut after POMSTREAM_HEADER_TIMEOUT_S, first request or next one alike."""
+    with socket.create_connection(("127.0.0.1", tight.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for _ in range(20):  # a header line trickling in, never finished
+                sock.sendall(b"X")
+                time.sleep(0.25)
+        except OSError:  # closed under us: what should happen
+            pass
+        assert read_all(sock) == b"" and time.monotonic() - started < 6
+    with socket.create_connection(("127.0.0.1", tight.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # a whole one: served
+        reply = b""
+        while b'"ok"' not in reply:
+            reply += sock.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # then the next head trickles
+        for _ in range(3):
+            time.sleep(0.3)
+            sock.sendall(b"X")
+        assert read_all(sock) == b""
+    assert "api.header_timeout" in tight.log()
