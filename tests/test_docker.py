@@ -1,11 +1,15 @@
-"""The deployment files: no Docker engine runs here, so they are checked as data, and by
+"""The deployment files: no Docker engine runs here, so they are checked against the
+Compose Specification's JSON schema (tests/support/compose-spec.json), as data, and by
 `docker compose config` where the compose client is installed."""
 
+import copy
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import jsonschema_rs
 import pytest
 import yaml
 
@@ -18,6 +22,26 @@ COMPOSE = ROOT / "docker-compose.yml"
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose_schema():
+    spec = json.loads((ROOT / "tests" / "support" / "compose-spec.json").read_text())
+    return jsonschema_rs.validator_for(spec)
+
+
+def test_the_compose_file_follows_the_compose_specification(compose, compose_schema):
+    errors = [str(e).splitlines()[0] for e in compose_schema.iter_errors(compose)]
+    assert errors == []
+
+
+@pytest.mark.parametrize("typo", ["healthchek", "depend_on", "volume"])
+def test_a_typo_in_the_compose_file_is_caught(compose, compose_schema, typo):
+    """What the schema check is for: a misspelt key would pass as mere YAML."""
+    broken = copy.deepcopy(compose)
+    broken["services"]["api"][typo] = broken["services"]["api"].get("healthcheck", {})
+    errors = [str(e) for e in compose_schema.iter_errors(broken)]
+    assert errors and typo in errors[0]
 
 
 def test_services_wait_for_a_healthy_redis(compose):
