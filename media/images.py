@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import math
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -25,6 +26,32 @@ def encode_png(image: np.ndarray) -> bytes:
     codec = av.CodecContext.create("png", "w")
     codec.width, codec.height, codec.pix_fmt = image.shape[1], image.shape[0], "rgb24"
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    return b"".join(bytes(p) for p in codec.encode(frame) + codec.encode(None))
+
+
+IMAGE_FORMATS = ("png", "jpeg", "webp")
+
+
+def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:
+    """An RGB uint8 image as PNG, JPEG (quality ~95) or WebP (lossless) bytes, by PyAV's
+    encoders."""
+    if fmt == "png":
+        return encode_png(image)
+    if fmt not in IMAGE_FORMATS:
+        raise ValueError(f"image format must be one of {IMAGE_FORMATS}, got {fmt!r}")
+    h, w = image.shape[:2]
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    if fmt == "jpeg":
+        codec = av.CodecContext.create("mjpeg", "w")
+        codec.pix_fmt, codec.options = "yuvj444p", {"qmin": "1", "qmax": "2"}
+        frame = frame.reformat(format="yuvj444p")
+    else:
+        codec = av.CodecContext.create("libwebp", "w")
+        codec.pix_fmt, codec.options = "bgra", {"lossless": "1"}
+        frame = frame.reformat(format="bgra")
+    codec.width, codec.height = w, h
+    codec.time_base = Fraction(1, 1)
+    frame.pts = 0
     return b"".join(bytes(p) for p in codec.encode(frame) + codec.encode(None))
 
 

@@ -183,7 +183,7 @@ class WorkerMetrics:
                             "worker holds in its batch.", ["kind"])
 
     def render(self, active: dict[str, int]) -> list[str]:
-        for kind in ("video", "session"):
+        for kind in ("video", "session", "image"):
             self.active.set(active.get(kind, 0), kind=kind)
         fps = Gauge("pomstream_frames_per_second", f"Frames generated per second over the "
                     f"last {RATE_WINDOW_S:.0f} s.")

@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     max_seconds: int = Field(60, ge=1)  # one request (a new video or an extension)
     max_total_seconds: int = Field(600, ge=1)  # a video grown by extensions
     default_seconds: int = Field(4, ge=1)
+    max_images: int = Field(4, ge=1, le=64)  # n of one POST /v1/images/generations
+    image_timeout_s: float = Field(60.0, gt=0, le=3600)  # its wait for the workers
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     # connections: beyond max_connections open connections (or running requests) the
     # server answers 503; an idle keep-alive connection closes after keep_alive_s; a

@@ -21,8 +21,11 @@ from typing import BinaryIO, Protocol
 
 from pomstream.server.store import check_id
 
-VARIANTS = {"video": ".mp4", "thumbnail": ".png", "spritesheet": ".sprites.png"}
-MEDIA_TYPES = {"video": "video/mp4", "thumbnail": "image/png", "spritesheet": "image/png"}
+VIDEO_VARIANTS = {"video": ".mp4", "thumbnail": ".png", "spritesheet": ".sprites.png"}
+IMAGE_VARIANTS = {"png": ".image.png", "jpeg": ".jpg", "webp": ".webp"}  # one per image
+VARIANTS = {**VIDEO_VARIANTS, **IMAGE_VARIANTS}
+MEDIA_TYPES = {"video": "video/mp4", "thumbnail": "image/png", "spritesheet": "image/png",
+               "png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 class Storage(Protocol):

@@ -8,6 +8,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pomstream.media.fmp4 import LiveEncoder
 from pomstream.model.streaming import StreamSession
 from pomstream.server.engine.jobs import JobSettings, SessionJob, VideoJob
@@ -34,6 +36,7 @@ class ActiveJob:
     live: LiveState | None = None  # set for live sessions (pomstream.server.store.sessions)
     first_stored: bool = False  # this run stored a fragment (time to first frame is known)
     stepped_at: int = -1  # the worker's step count when it last stepped (-1: never)
+    image: np.ndarray | None = None  # an image job's frame as generated (before encoding)
 
     @property
     def kind(self) -> str:

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import time
 
-from pomstream.media.images import decode_all, encode_png, spritesheet
+from pomstream.media.images import decode_all, encode_image, encode_png, spritesheet
 from pomstream.server.engine.active import ActiveJob
 from pomstream.server.engine.jobs import (
     Ending,
@@ -60,6 +60,9 @@ class Endings:
             a.done.set()
 
     def _finalize(self, a: ActiveJob) -> None:
+        if a.job.image_format is not None:
+            self._finalize_image(a)
+            return
         data = self._assemble(a)
         frames = decode_all(data)
         if len(frames) != a.job.frames:
@@ -79,6 +82,18 @@ class Endings:
         elapsed = time.monotonic() - a.started
         log_event(log, "job.completed", job_id=a.id, worker=self.id, frames=a.job.frames,
                   seconds=round(elapsed, 3), bytes=len(data))
+
+    def _finalize_image(self, a: ActiveJob) -> None:
+        """An image: its one frame as generated (after a takeover at its very end, as
+        decoded from the stored fragment), in the asked format; no MP4, no snapshot."""
+        frame = a.image if a.image is not None else decode_all(self._assemble(a))[0]
+        self.storage.put(a.id, a.job.image_format, encode_image(frame, a.job.image_format))
+        self.queue.expire_job(a.id, self.video_ttl_s)
+        self.queue.finish_job(a.id, "completed")
+        self.queue.drop_snapshot(a.id)
+        self._ack(a)
+        log_event(log, "image.completed", job_id=a.id, worker=self.id,
+                  seconds=round(time.monotonic() - a.started, 3))
 
     def _trim_snapshots(self, a: ActiveJob) -> None:
         """A finished job keeps its snapshot; its key's kept ones stay under the cap."""

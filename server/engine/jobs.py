@@ -34,9 +34,14 @@ class WorkerDead(EngineError, RuntimeError):
 # --- jobs -------------------------------------------------------------------------------
 
 
+IMAGE_FORMATS = ("png", "jpeg", "webp")  # an image job's file (server.storage variants)
+
+
 @dataclass(frozen=True)
 class VideoJob:
-    """What a queued video job asks for (the payload of its queue entry)."""
+    """What a queued video job asks for (the payload of its queue entry). With
+    ``image_format`` it is a still image (kind ``image``): one frame, stored as that file
+    instead of an MP4, the first frame a video or session of the same seed would show."""
 
     id: str
     prompt: str
@@ -51,13 +56,17 @@ class VideoJob:
     extends: str | None = None
     source_frames: int = 0
     owner: str = "local"  # the hash of the API key that asked for it (see http/deps.py)
+    image_format: str | None = None
 
     def payload(self) -> dict[str, Any]:
-        return {"kind": "video", "id": self.id, "prompt": self.prompt, "frames": self.frames,
+        data = {"kind": "video", "id": self.id, "prompt": self.prompt, "frames": self.frames,
                 "seed": self.seed, "seconds": self.seconds, "size": self.size,
                 "model": self.model, "remixed_from_video_id": self.remixed_from_video_id,
                 "extends": self.extends, "source_frames": self.source_frames,
                 "owner": self.owner}
+        if self.image_format is not None:
+            data.update(kind="image", image_format=self.image_format)
+        return data
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> VideoJob:
@@ -69,7 +78,8 @@ class VideoJob:
                       remixed_from_video_id=data.get("remixed_from_video_id"),
                       extends=data.get("extends") and check_id(data["extends"], "video id"),
                       source_frames=int(data.get("source_frames") or 0),
-                      owner=check_id(str(data.get("owner") or "local"), "owner"))
+                      owner=check_id(str(data.get("owner") or "local"), "owner"),
+                      image_format=data.get("image_format"))
         except (KeyError, TypeError, ValueError) as exc:
             raise JobError("invalid_job", f"malformed job payload: {exc}") from exc
         if not 0 <= job.source_frames < job.frames:
@@ -77,6 +87,10 @@ class VideoJob:
                            f"{job.frames} frames of which {job.source_frames} exist")
         if (job.extends is None) != (job.source_frames == 0):
             raise JobError("invalid_job", "an extension names its source and its frames")
+        if job.image_format is not None and (job.image_format not in IMAGE_FORMATS
+                                             or job.frames != 1 or job.extends is not None):
+            raise JobError("invalid_job", f"an image is one new frame in one of "
+                           f"{IMAGE_FORMATS}")
         return job
 
 

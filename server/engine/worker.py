@@ -345,6 +345,8 @@ class Worker(Admission, Extensions, Endings, LiveControl):
                 continue
             a.pending.append(a.lane.submit(self._on_lane, a, self._emit, a, made - 1, frame,
                                            t0))
+            if a.job.image_format is not None:
+                a.image = frame  # the picture itself, not its H.264 copy
             # Snapshot at each GOP start, and at the end: a finished video keeps its state
             # (until it expires), so it can be continued later without recomputing it.
             if made >= a.job.frames or made % a.config.keyframe_interval == 0:

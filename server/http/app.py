@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
-from pomstream.server.http import live, ops, stream, videos
+from pomstream.server.http import images, live, ops, stream, videos
 from pomstream.server.http.errors import install_error_handlers
 from pomstream.server.http.middleware import BodyLimit, HeadAsGet
 from pomstream.server.runtime import Runtime
@@ -38,6 +38,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.ws_limiter = anyio.CapacityLimiter(256)  # blocking stream reads, apart
     app.state.live_viewers = 0  # open WS /v1/sessions connections (live.py)
     app.state.sessions = None  # the SessionStore, made on first use (live.py)
-    for module in (ops, videos, stream, live):
+    for module in (ops, videos, images, stream, live):
         app.include_router(module.router)
     return app

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 MAX_SEQ = 2**64 - 1
-JOB_KINDS = ("video", "session")
+JOB_KINDS = ("video", "session", "image")
 JOB_STATUSES = ("queued", "in_progress", "completed", "failed")
 FINAL_STATUSES = ("completed", "failed")
 # Record fields the queue owns; a submitted job may not set them.

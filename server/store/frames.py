@@ -11,6 +11,7 @@ from typing import Any
 from .base import StoreBase
 from .entries import (
     FINAL_STATUSES,
+    JOB_KINDS,
     EndEntry,
     FragmentEntry,
     InitEntry,
@@ -52,7 +53,7 @@ class FramesMixin(StoreBase):
         the key's limit of running work. Returns the jobs whose snapshots were dropped."""
         check_id(owner, "owner")
         rows = []
-        for kind in ("video", "session"):
+        for kind in JOB_KINDS:
             rows += self.redis.zrange(self.keys.listing(owner, kind), 0, -1, withscores=True)
         ids = [text(member) for member, _ in sorted(rows, key=lambda row: row[1])]
         pipe = self.redis.pipeline(transaction=False)
@@ -71,6 +72,11 @@ class FramesMixin(StoreBase):
         if dropped:
             self.redis.delete(*(self.keys.snapshot(job_id) for job_id in dropped))
         return dropped
+
+    @redis_errors
+    def drop_snapshot(self, job_id: str) -> None:
+        """Forget a job's snapshot (an image's: nothing continues from it)."""
+        self.redis.delete(self.keys.snapshot(check_id(job_id, "job id")))
 
     @redis_errors
     def load_snapshot(self, job_id: str) -> Snapshot | None:

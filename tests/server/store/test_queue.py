@@ -397,7 +397,7 @@ def test_bad_arguments_are_refused(q, redis_server):
     with pytest.raises(ValueError):
         q.submit({"prompt": "x", "status": "completed"})
     with pytest.raises(ValueError):
-        q.submit({"kind": "image"})
+        q.submit({"kind": "audio"})
     with pytest.raises(ValueError):
         q.read_fragments("job0", after="$")
     with pytest.raises(ValueError):  # the client's socket timeout is 5 s
