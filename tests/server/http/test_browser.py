@@ -1,15 +1,24 @@
 """The viewer page in a real browser: headless Chromium (Debian's package, driven by
-Playwright with ``executable_path``; no browser download) opens ``/``, plays a video and a
-live session through Media Source Extensions, resumes the session (a late join: its media
-time starts at frame k / fps) and watches a fork."""
+Playwright with ``executable_path``; no browser download) opens ``/`` of a server with an
+API key (typed into the page once, kept by the browser), shows the model's example
+prompts, plays a video and a live session through Media Source Extensions, lists the
+video in the gallery with its progress up to 100 %, plays and downloads it from there,
+changes a live session's prompt, resumes it (a late join: its media time starts at frame
+k / fps), watches a fork, makes a picture by pressing Enter, and logs no console error.
+With POMSTREAM_SCREENSHOTS=DIR it saves the page at desktop and phone widths there."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from tests.support.servers import shared_server
+from pomstream.media.images import decode_all
+from tests.support.redis import free_port
+from tests.support.servers import ServerProcess
+
+KEY = "browser-key"
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -44,19 +53,40 @@ PROBE = """() => {
 
 @pytest.fixture(scope="module")
 def server(redis_server, tiny_model_file, tmp_path_factory):
-    yield from shared_server(redis_server, tiny_model_file, tmp_path_factory, "browser")
+    proc = ServerProcess("serve", tmp_path_factory.mktemp("browser"), tiny_model_file,
+                         redis_url=redis_server.url, port=free_port(),
+                         extra=["--prefix", "browser"], env={"POMSTREAM_API_KEYS": KEY})
+    proc.start().wait_ready()
+    yield proc
+    assert proc.stop() == 0, proc.log()
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def console():
+    """Console errors and uncaught exceptions of the page, for every test to check."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def page(server, console):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_page()
+        page = browser.new_page(accept_downloads=True)
+        page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda exc: console.append(str(exc)))
+        # the key as a user typed it on an earlier visit: the first requests carry it
+        page.add_init_script(f"localStorage.setItem('pomstream.key', '{KEY}')")
         page.goto(server.url + "/")
         yield page
         browser.close()
+
+
+def screenshot(page, name: str) -> None:
+    folder = os.environ.get("POMSTREAM_SCREENSHOTS")
+    if folder:
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
 
 
 def assert_playing(page, min_frames: int) -> dict:
@@ -75,17 +105,50 @@ def assert_playing(page, min_frames: int) -> dict:
 
 
 @pytest.mark.slow
-def test_page_plays_a_video(page):
+def test_page_shows_the_models_example_prompts(page, console):
+    page.wait_for_selector("#examples button")
+    examples = page.eval_on_selector_all("#examples button", "bs => bs.map(b => b.textContent)")
+    assert "digit 4" in examples
+    page.click("#examples button >> nth=0")
+    assert page.input_value("#prompt") == examples[0]
+    assert console == []
+
+
+@pytest.mark.slow
+def test_page_plays_a_video_and_lists_it_in_the_gallery(page, console, tmp_path):
     assert page.evaluate("MediaSource.isTypeSupported('video/mp4; codecs=\"avc1.64000a\"')")
+    page.check("#mode-video")
     page.fill("#prompt", "digits 3 and 7")
     page.fill("#seconds", "6")
     page.click("#start")
     assert_playing(page, 8)
     page.wait_for_function("window.pomstream.status === 'completed'", timeout=60_000)
+    video_id = page.evaluate("window.pomstream.videoId")
+    item = f"#gallery li[data-id='{video_id}']"
+    page.wait_for_function(f"document.querySelector(\"{item} progress\")?.value === 100",
+                           timeout=30_000)
+    seen = page.evaluate(f"window.pomstream.progressSeen['{video_id}']")
+    assert seen[-1] == 100 and seen == sorted(seen), seen  # it only went up, to 100
+    assert "completed" in page.text_content(f"{item} .meta")
+    page.wait_for_function(f"document.querySelector(\"{item} img\").naturalWidth === 16",
+                           timeout=30_000)  # the thumbnail
+    screenshot(page, "page-desktop")
+
+    page.click(f"{item} button[data-action=play]")
+    page.wait_for_function(f"window.pomstream.playing === '{video_id}' && "
+                           "document.getElementById('video').currentTime > 0.3",
+                           timeout=30_000)
+    with page.expect_download() as info:
+        page.click(f"{item} button[data-action=download]")
+    path = tmp_path / "download.mp4"
+    info.value.save_as(path)
+    assert info.value.suggested_filename == f"{video_id}.mp4"
+    assert len(decode_all(path.read_bytes())) == 48  # 6 s at 8 frames/s
+    assert console == []
 
 
 @pytest.mark.slow
-def test_page_plays_resumes_and_forks_a_live_session(page):
+def test_page_plays_resumes_and_forks_a_live_session(page, console):
     page.check("#live")
     page.fill("#prompt", "digit 5")
     page.click("#start")
@@ -94,6 +157,9 @@ def test_page_plays_resumes_and_forks_a_live_session(page):
     shown = page.evaluate("() => [window.pomstream.fps, window.pomstream.latencyMs]")
     assert shown[0] > 0 and shown[1] is not None and shown[1] >= 0
     sid = page.evaluate("window.pomstream.sessionId")
+    page.fill("#prompt", "digit 8")
+    page.click("#setprompt")
+    page.wait_for_function("window.pomstream.prompt === 'digit 8'", timeout=30_000)
 
     # resume the same session by id: a late join whose media time starts at frame k / fps
     page.fill("#sid", sid)
@@ -115,3 +181,19 @@ def test_page_plays_resumes_and_forks_a_live_session(page):
     assert_playing(page, 4)
     page.click("#stop")
     page.wait_for_function("window.pomstream.status === 'completed'", timeout=30_000)
+    assert console == []
+
+
+@pytest.mark.slow
+def test_page_makes_a_picture_from_the_keyboard(page, console):
+    page.check("#mode-picture")
+    page.fill("#prompt", "digit 2")
+    page.press("#prompt", "Enter")  # the form submits: no mouse needed
+    page.wait_for_function("document.getElementById('picture').naturalWidth === 16",
+                           timeout=60_000)
+    assert page.evaluate("window.pomstream.status") == "picture ready"
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing cut off
+    screenshot(page, "page-phone")
+    page.set_viewport_size({"width": 1280, "height": 720})
+    assert console == []
