@@ -144,6 +144,16 @@ def test_page_plays_a_video_and_lists_it_in_the_gallery(page, console, tmp_path)
     info.value.save_as(path)
     assert info.value.suggested_filename == f"{video_id}.mp4"
     assert len(decode_all(path.read_bytes())) == 48  # 6 s at 8 frames/s
+
+    page.fill("#prompt", "digit 9")
+    page.click(f"{item} button[data-action=remix]")  # a new video, listed first
+    page.wait_for_function("document.querySelectorAll('#gallery li').length === 2",
+                           timeout=30_000)
+    remix = page.get_attribute("#gallery li >> nth=0", "data-id")
+    assert remix != video_id and "digit 9" in page.text_content("#gallery li >> nth=0")
+    page.click(f"#gallery li[data-id='{remix}'] button[data-action=delete]")
+    page.wait_for_function("document.querySelectorAll('#gallery li').length === 1",
+                           timeout=30_000)
     assert console == []
 
 
