@@ -40,7 +40,9 @@ class ActiveJob:
 
     @property
     def kind(self) -> str:
-        return "video" if self.live is None else "session"
+        if self.live is not None:
+            return "session"
+        return "video" if self.job.image_format is None else "image"
 
     @property
     def id(self) -> str:

@@ -99,7 +99,12 @@ class Endings:
         """A finished job keeps its snapshot; its key's kept ones stay under the cap."""
         if self.max_snapshot_bytes is None:
             return
-        dropped = self.queue.trim_snapshots(a.job.owner, self.max_snapshot_bytes)
+        try:  # the job is done: a failure here must not mark it failed
+            dropped = self.queue.trim_snapshots(a.job.owner, self.max_snapshot_bytes)
+        except Exception as exc:  # noqa: BLE001 - the next finished job trims again
+            log_event(log, "snapshots.trim_failed", logging.WARNING, owner=a.job.owner,
+                      error=str(exc))
+            return
         if dropped:
             log_event(log, "snapshots.dropped", owner=a.job.owner, jobs=dropped)
 

@@ -136,7 +136,8 @@ class Worker(Admission, Extensions, Endings, LiveControl):
         self._step_no = 0  # steps made: a job's ``stepped_at`` orders the round robin
         self._full_rate: float | None = None  # frames/s of full batches (moving average)
         self._partial_rate = 0.0  # best frames/s of smaller batches (a lower bound)
-        self._last_start: float | None = None  # when the last step started
+        self._last_step: tuple[float, int] | None = None  # (its start, its batch size)
+        self._idled = False  # the loop waited for a ready job since the last step
         self._reported: tuple[int, float] | None = None  # (spare room, when) last reported
         self.video_ttl_s, self.params, self.max_pending = video_ttl_s, params or {}, max_pending
         self.registry = WorkerRegistry(queue)
@@ -204,11 +205,11 @@ class Worker(Admission, Extensions, Endings, LiveControl):
             return self.max_sessions  # nothing measured yet: no time-slicing
         return max(self.max_sessions, min(self.max_held, int(rate / self.min_session_fps)))
 
-    def _report_capacity(self) -> None:
-        """Tell the registry how much room is left: at once when it shrank (the API must
-        not admit into room that is gone), when it grew at most 4 times a second, and
-        every heartbeat interval."""
-        spare, now = self.capacity() - len(self._active), time.monotonic()
+    def _report_capacity(self, taking: int = 0) -> None:
+        """Tell the registry how much room is left (``taking``: jobs just taken, not yet
+        started): at once when it shrank (the API must not admit into room that is
+        gone), when it grew at most 4 times a second, and every heartbeat interval."""
+        spare, now = self.capacity() - len(self._active) - taking, time.monotonic()
         last = self._reported
         if last is None or spare < last[0] or (spare > last[0] and now - last[1] >= 0.25) or (
                 now - last[1] >= self.queue.heartbeat_interval_s):
@@ -278,9 +279,13 @@ class Worker(Admission, Extensions, Endings, LiveControl):
             return
         t0 = time.monotonic()
         block = None if self._active else 500
+        if block is not None:
+            self._idled = True  # nothing to step: the next interval is no measure
         leases = self.queue.take(self.id, count=free, block_ms=block)
         if not leases and not self._active and time.monotonic() - t0 < 0.05:
             self._stop.wait(0.05)  # a backend that does not block (fakeredis): do not spin
+        if leases:  # they left the queue: the room they take goes before they start
+            self._report_capacity(taking=len(leases))
         for lease in leases:
             self._start_job(lease)
 
@@ -294,6 +299,7 @@ class Worker(Admission, Extensions, Endings, LiveControl):
         if batch:
             self._step_or_fail(batch)
         else:
+            self._idled = True  # this wait is not the model's time
             self._stop.wait(0.01)
 
     def _drop_finished_or_stopped(self) -> None:
@@ -330,8 +336,9 @@ class Worker(Admission, Extensions, Endings, LiveControl):
             while a.pending and a.pending[0].done():
                 a.pending.popleft()
         t0 = time.monotonic()
+        self._measure(t0)
         frames = self.generator.step([a.session for a in batch])
-        self._measure(len(batch), t0)
+        self._last_step = (t0, len(batch))
         self._step_no += 1
         for a in batch:
             a.stepped_at = self._step_no
@@ -356,15 +363,17 @@ class Worker(Admission, Extensions, Endings, LiveControl):
             if made >= a.job.frames:
                 self._retire(a, Ending.FINALIZE)
 
-    def _measure(self, size: int, started: float) -> None:
-        """The worker's frame rate, per wall-clock time from one step's start to the next
-        (the model, and everything the loop does between steps): over full batches (what
-        time-slicing divides), else the best smaller batch (a lower bound: a bigger batch
-        makes at least as many frames a second)."""
-        previous, self._last_start = self._last_start, started
-        if previous is None or started - previous > 5.0:  # the first, or after idling
+    def _measure(self, now: float) -> None:
+        """The worker's frame rate from the last step: its frames over the wall-clock time
+        from its start to this one's (the model, and everything the loop does between
+        steps), unless the loop idled meanwhile (nothing was ready: demand, not speed).
+        Over full batches (what time-slicing divides), else the best smaller batch (a
+        lower bound: a bigger batch makes at least as many frames a second)."""
+        last, idled, self._idled = self._last_step, self._idled, False
+        if last is None or idled:
             return
-        rate = size / max(started - previous, 1e-6)
+        started, size = last
+        rate = size / max(now - started, 1e-6)
         if size >= self.max_sessions:
             self._full_rate = rate if self._full_rate is None else (
                 0.9 * self._full_rate + 0.1 * rate)

@@ -55,10 +55,14 @@ def _not_utf8(field: str) -> ApiError:
 
 
 def _check_urlencoded(raw: bytes) -> None:
-    """Every name and value of an urlencoded body must be UTF-8 once unquoted (Starlette
-    would put U+FFFD in place of the bad bytes)."""
+    """An urlencoded body is ASCII (other characters percent-encoded), and every name and
+    value must be UTF-8 once unquoted (Starlette would put U+FFFD in place of bad bytes,
+    and read raw non-ASCII bytes as Latin-1)."""
+    if not raw.isascii():
+        raise ApiError(400, "an urlencoded form body must percent-encode non-ASCII "
+                       "characters", code="invalid_form")
     try:
-        parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
+        parse_qsl(raw.decode("ascii"), keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
         raise ApiError(400, "the form body is not valid UTF-8", code="invalid_form") from None
 

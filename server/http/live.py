@@ -250,6 +250,8 @@ class LiveConnection:
                     await self.send(exc.event())
                     continue
                 await self.open(msg)
+                if self.sid is None:  # refused (busy, a bad value): a fresh wait to retry
+                    opened_by = time.monotonic() + START_TIMEOUT_S
         except TimeoutError:
             raise ProtocolError(f"no start or resume message within {START_TIMEOUT_S:.0f} s")\
                 from None
@@ -272,11 +274,11 @@ class LiveConnection:
             await asyncio.sleep(QUEUED_STATUS_EVERY_S)
             try:
                 ahead = await self.call(self.rt.queue.waiting_ahead, self.sid)
-            except QueueUnavailable:
-                return  # the other tasks report the outage
-            if ahead is not None and not self.init_sent:
-                await self.send({"type": "status", "status": "queued", "ahead": ahead,
-                                 "session_id": self.sid})
+                if ahead is not None and not self.init_sent:
+                    await self.send({"type": "status", "status": "queued", "ahead": ahead,
+                                     "session_id": self.sid})
+            except Exception:  # noqa: BLE001 - Redis down, socket gone: the other tasks say so
+                return
 
     async def open(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]

@@ -3,10 +3,13 @@
 uvicorn times out idle keep-alive connections, but not a client that opens a connection
 and sends its request head slowly or never (slowloris): each such socket holds a
 connection slot for as long as the client likes, and any byte it sends cancels uvicorn's
-keep-alive timer. Here every request head (the first on a connection, and each next one
-after a response) must be complete within ``header_timeout_s``, or the connection is
-closed and one info line logged. Bodies have their own timeout (``body_timeout_s``,
-server/http/bodies.py); WebSocket connections stop counting once upgraded.
+keep-alive timer. Here a connection may wait on its client for at most
+``header_timeout_s`` whenever no request is being answered: for a whole request head (the
+first on a connection, and each next one), and for the rest of a body the server answered
+without reading (an early 413 or 401). Then it is closed and one info line logged. The
+timer runs from the start of such a wait; bytes that trickle in do not reset it. While the
+app answers a request it is off (bodies have their own timeout, ``body_timeout_s``), and a
+WebSocket stops counting once upgraded.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pomstream.server.logs import log_event
 
 log = logging.getLogger("pomstream.api")
 
+_WAITING_STATES = (h11.IDLE, h11.SEND_BODY, h11.DONE)  # the client's, in HTTP/1.1 terms
+
 
 def header_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
     """The protocol class for ``uvicorn.Config(http=...)`` with this header timeout."""
@@ -30,25 +35,31 @@ def header_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._arm()
+            self._update()
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:  # a whole request head arrived
-                self._disarm()
+            self._update()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                self._arm()  # the next request's head, if any, within the timeout too
+            self._disarm()  # a new wait on the client starts now
+            self._update()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
-        def _arm(self) -> None:
-            self._disarm()
-            self._head_timer = self.loop.call_later(timeout_s, self._late)
+        def _waiting_on_client(self) -> bool:
+            """No request is being answered, and the connection is not a WebSocket."""
+            answering = self.cycle is not None and not self.cycle.response_complete
+            return self.conn.their_state in _WAITING_STATES and not answering
+
+        def _update(self) -> None:
+            if self.transport.is_closing() or not self._waiting_on_client():
+                self._disarm()
+            elif self._head_timer is None:  # armed once per wait, not per byte
+                self._head_timer = self.loop.call_later(timeout_s, self._late)
 
         def _disarm(self) -> None:
             if self._head_timer is not None:
@@ -57,8 +68,7 @@ def header_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
 
         def _late(self) -> None:
             self._head_timer = None
-            # IDLE: no whole head yet (a request being answered is never cut)
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if self._waiting_on_client() and not self.transport.is_closing():
                 log_event(log, "api.header_timeout", client=self.client and self.client[0],
                           seconds=timeout_s)
                 self.transport.close()

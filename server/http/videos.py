@@ -44,7 +44,7 @@ from pomstream.server.http.validation import (
 from pomstream.server.logs import log_event
 from pomstream.server.runtime import Runtime
 from pomstream.server.settings import ModelInfo, Settings
-from pomstream.server.storage import MEDIA_TYPES, VARIANTS
+from pomstream.server.storage import MEDIA_TYPES, VIDEO_VARIANTS
 from pomstream.server.store import JobNotFound, new_job_id
 
 log = logging.getLogger("pomstream.api")
@@ -258,9 +258,9 @@ def cancel_video(video_id: str, tenant: Owner, rt: RuntimeDep):
 
 @router.get("/videos/{video_id}/content")
 def download(video_id: str, tenant: Owner, rt: RuntimeDep, variant: str = "video"):
-    if variant not in VARIANTS:
-        raise ApiError(400, f"variant must be one of {sorted(VARIANTS)}", param="variant",
-                       code="invalid_value")
+    if variant not in VIDEO_VARIANTS:
+        raise ApiError(400, f"variant must be one of {sorted(VIDEO_VARIANTS)}",
+                       param="variant", code="invalid_value")
     record = _get_record(rt, video_id, tenant)
     if record["status"] != "completed":
         raise ApiError(409, f"video {video_id} is {record['status']}, not completed",

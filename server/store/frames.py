@@ -50,7 +50,9 @@ class FramesMixin(StoreBase):
         finished jobs (a finished video keeps its state only to be extended, a stopped
         session to be forked again) until the rest fit. Running and detached jobs'
         snapshots are never dropped: they are how those resume, and they are bounded by
-        the key's limit of running work. Returns the jobs whose snapshots were dropped."""
+        the key's limit of running work; nor is the source of an extension not made yet.
+        Returns the jobs whose snapshots were dropped. (It reads the key's whole listing:
+        its jobs within the video TTL.)"""
         check_id(owner, "owner")
         rows = []
         for kind in JOB_KINDS:
@@ -59,14 +61,18 @@ class FramesMixin(StoreBase):
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hstrlen(self.keys.snapshot(job_id), "data")
-            pipe.hget(self.keys.job(job_id), "status")
+            pipe.hmget(self.keys.job(job_id), ["status", "extends"])
         replies = pipe.execute()
-        sizes, statuses = replies[0::2], replies[1::2]
+        sizes = replies[0::2]
+        fields = [[None if v is None else json.loads(v) for v in pair] for pair in replies[1::2]]
+        # the source of an extension still to be made: it starts from that snapshot
+        needed = {extends for status, extends in fields
+                  if extends and status not in FINAL_STATUSES}
         total, dropped = sum(sizes), []
-        for job_id, size, status in zip(ids, sizes, statuses, strict=True):
+        for job_id, size, (status, _) in zip(ids, sizes, fields, strict=True):
             if total <= max_bytes:
                 break
-            if size and status is not None and json.loads(status) in FINAL_STATUSES:
+            if size and status in FINAL_STATUSES and job_id not in needed:
                 dropped.append(job_id)
                 total -= size
         if dropped:

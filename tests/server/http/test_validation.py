@@ -196,3 +196,5 @@ def test_form_fields_must_be_utf8(digits_server):
                                 400)
     assert error["code"] == "invalid_form"
     assert httpx.post(url, content=b"prompt=digit%203", headers=form).status_code == 200
+    raw = httpx.post(url, content="prompt=digit é".encode(), headers=form)  # not escaped
+    assert_openai_error(raw, 400)

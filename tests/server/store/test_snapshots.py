@@ -34,3 +34,13 @@ def test_the_oldest_finished_snapshots_go_first(q):
     assert q.trim_snapshots("k1", 0) == ["v4"]  # never the running one, whatever the cap
     assert q.load_snapshot("v2") is not None and q.load_snapshot("other") is not None
     assert q.get_job("v1")["status"] == "completed"  # the video itself stays
+
+
+def test_the_source_of_a_pending_extension_keeps_its_snapshot(q):
+    job(q, "src", status="completed")
+    job(q, "newer", status="completed")
+    q.submit({"id": "ext", "prompt": "p", "frames": 16, "owner": "k1", "extends": "src",
+              "source_frames": 8})  # queued: it will start from src's snapshot
+    assert q.trim_snapshots("k1", 0) == ["newer"]
+    q.finish_job("ext", "completed")
+    assert q.trim_snapshots("k1", 0) == ["src"]
