@@ -52,6 +52,8 @@ def header_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
 
         def _waiting_on_client(self) -> bool:
             """No request is being answered, and the connection is not a WebSocket."""
+            if self.transport.get_protocol() is not self:  # upgraded: a WebSocket now
+                return False
             answering = self.cycle is not None and not self.cycle.response_complete
             return self.conn.their_state in _WAITING_STATES and not answering
 

@@ -14,6 +14,7 @@ import pytest
 from websockets.sync.client import connect
 
 from pomstream.server.logs import JsonFormatter, redact
+from tests.server.http.test_live import Live
 from tests.support.redis import free_port
 from tests.support.servers import ServerProcess, wait_for
 
@@ -166,3 +167,17 @@ def test_a_request_head_that_never_completes_is_closed(tight):
         read_all(sock)  # closed (a rest of the 413's body may come first)
         assert time.monotonic() - started < 6
     assert "api.header_timeout" in tight.log()
+
+
+def test_a_websocket_outlives_the_header_timeout(tight):
+    """Once upgraded, a connection is a WebSocket: the header timeout (2 s here) is not
+    its business (a live session runs for as long as its viewer likes)."""
+    live = Live(tight)
+    live.send(type="start", prompt="digit 3", seed=3)
+    live.until("session")
+    started = time.monotonic()
+    while time.monotonic() - started < 5:
+        live.collect(1)
+    live.send(type="stop")
+    live.until("end")
+    live.close()
