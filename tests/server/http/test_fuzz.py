@@ -20,7 +20,7 @@ OTHER = "fuzz-other-key"
 def fuzz_server(redis_server, tiny_model_file, tmp_path_factory):
     with api_only_server(tmp_path_factory.mktemp("fuzz"), api_keys=f"{KEY},{OTHER}",
                          model=str(tiny_model_file), redis_url=redis_server.url,
-                         redis_prefix="fuzz") as srv:
+                         redis_prefix="fuzz", image_timeout_s=0.2) as srv:
         yield srv
 
 
@@ -37,12 +37,19 @@ def test_no_request_gets_a_server_error(fuzz_server):
         @settings(max_examples=40, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         def check(case):
+            if case.path == "/v1/images/generations":  # a valid one waits for a worker:
+                response = case.call(headers={"Authorization": f"Bearer {KEY}"})  # 504 here
+                assert response.status_code < 500 or (
+                    response.status_code == 504 and response.json()["error"]["code"]
+                    == "timeout"), (response.status_code, response.text)
+                return
             case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"},
                                    checks=[not_a_server_error])
 
         check()
     assert "POST /v1/videos" in tried and "POST /v1/videos/extensions" in tried, tried
     assert "GET /v1/models" in tried and "GET /v1/videos/{video_id}" in tried, tried
+    assert "POST /v1/images/generations" in tried, tried
 
 
 def test_another_key_never_reaches_a_keys_videos(fuzz_server):
