@@ -295,12 +295,17 @@ class Worker(Admission, Extensions, Endings, LiveControl):
         recently go (round robin). If none may, wait a moment instead of spinning."""
         ready = [a for a in self._active
                  if a.live is None or a.live.ready(a.session.frame_index, self.session_window)]
-        batch = sorted(ready, key=lambda a: a.stepped_at)[:self.max_sessions]
+        batch = self._turn(ready)
         if batch:
             self._step_or_fail(batch)
         else:
             self._idled = True  # this wait is not the model's time
             self._stop.wait(0.01)
+
+    def _turn(self, jobs: list[ActiveJob]) -> list[ActiveJob]:
+        """Whose turn it is: at most ``max_sessions`` of ``jobs``, those that stepped least
+        recently first (round robin when there are more jobs than slots)."""
+        return sorted(jobs, key=lambda a: a.stepped_at)[:self.max_sessions]
 
     def _drop_finished_or_stopped(self) -> None:
         """Between frames: end jobs that were cancelled, deleted, lost or failed."""
@@ -413,8 +418,7 @@ class Worker(Admission, Extensions, Endings, LiveControl):
             if not behind:
                 break
             try:
-                self._step_or_fail(sorted(behind, key=lambda a: a.stepped_at)
-                                   [:self.max_sessions])
+                self._step_or_fail(self._turn(behind))
             except QueueUnavailable:
                 break
         for a in list(self._active):

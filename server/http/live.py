@@ -348,9 +348,7 @@ class LiveConnection:
         """Refuse a session that no worker would serve at its minimum frame rate now
         (what waits in the queue already takes the workers' spare room): a live viewer
         gains nothing from waiting in a queue without a frame."""
-        registry = WorkerRegistry(self.rt.queue)
-        max_age = 3 * self.rt.queue.heartbeat_interval_s + 5
-        spare = await self.call(registry.spare, max_age)
+        spare = await self.call(WorkerRegistry(self.rt.queue).spare)
         if spare is None:  # no worker reports room (none alive): the queue holds it
             return
         length, held = await self.call(self.rt.queue.depth)

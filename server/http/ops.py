@@ -33,8 +33,7 @@ def readyz(rt: RuntimeDep):
         if rt.worker is not None:
             checks["worker"] = rt.worker.alive
         else:
-            max_age = 3 * rt.queue.heartbeat_interval_s + 5
-            checks["worker"] = bool(WorkerRegistry(rt.queue).alive(max_age))
+            checks["worker"] = bool(WorkerRegistry(rt.queue).alive())
     except Exception:  # noqa: BLE001 - any failure to reach Redis: not ready
         pass
     ready = all(checks.values())

@@ -20,6 +20,8 @@ class WorkerRegistry:
         self.queue = queue
         self.key = queue.keys.workers
         self.capacity_key = queue.keys.capacity
+        # a worker that missed three heartbeats (and a few seconds more) is not alive
+        self.max_age_s = 3 * queue.heartbeat_interval_s + 5
 
     def beat(self, worker_id: str, spare: int | None = None) -> None:
         """Mark ``worker_id`` alive now; with ``spare``, also record its spare capacity."""
@@ -38,7 +40,9 @@ class WorkerRegistry:
         pipe.hdel(self.capacity_key, worker_id)
         pipe.execute()
 
-    def alive(self, max_age_s: float) -> list[str]:
+    def alive(self, max_age_s: float | None = None) -> list[str]:
+        """Workers that beat within ``max_age_s`` (default: ``self.max_age_s``)."""
+        max_age_s = self.max_age_s if max_age_s is None else max_age_s
         try:
             ids = self.queue.redis.zrangebyscore(self.key, time.time() - max_age_s, "+inf")
         except Exception as exc:  # noqa: BLE001 - any Redis failure: nobody is known alive
@@ -46,9 +50,10 @@ class WorkerRegistry:
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
     @redis_errors
-    def spare(self, max_age_s: float) -> int | None:
-        """Spare capacity summed over the workers alive within ``max_age_s``; None when no
-        live worker reports one (nothing is known: admit, the queue holds the job)."""
+    def spare(self, max_age_s: float | None = None) -> int | None:
+        """Spare capacity summed over the workers alive within ``max_age_s`` (default:
+        ``self.max_age_s``); None when no live worker reports one (nothing is known:
+        admit, the queue holds the job)."""
         alive = self.alive(max_age_s)
         if not alive:
             return None
