@@ -50,6 +50,13 @@ class ModelConfig:
     # conditioning = LN(timestep embedding) + LN(prompt vector): both parts the same size
     # in adaLN's input (without it the timestep embedding grows to ~20x the prompt's)
     cond_norm: bool = False
+    # cross-PoM from each frame's tokens to the prompt's digit tokens in every block
+    # (query = frame tokens, context = one token per named digit, padding masked), beside
+    # the pooled adaLN vector: a token can read one digit of "digits 0 and 5" rather than
+    # their sum, which is what two objects need to be two different digits ("digits"
+    # encoder only; the branch starts gated off, so a model without it can be grown into
+    # one, see model.grow)
+    prompt_mixer: bool = False
     # diffusion
     timestep_shift: float = 1.0
     train_clip_frames: int = 12
@@ -103,6 +110,8 @@ class ModelConfig:
             raise ValueError("temporal_mixer must be 'global' or 'per_position'")
         if self.prompt_encoder not in ("bytes", "digits"):
             raise ValueError("prompt_encoder must be 'bytes' or 'digits'")
+        if self.prompt_mixer and self.prompt_encoder != "digits":
+            raise ValueError("prompt_mixer needs prompt_encoder='digits' (its digit tokens)")
 
     @property
     def prompt_rules(self) -> PromptRules:
@@ -111,7 +120,7 @@ class ModelConfig:
 
 
 # fields introduced after models were shipped, with the value that reproduces the old model
-_ADDED_LATER = {"prompt_encoder": "bytes", "cond_norm": False}
+_ADDED_LATER = {"prompt_encoder": "bytes", "cond_norm": False, "prompt_mixer": False}
 
 
 # autoencoder name -> (downsampling factor, latent channels; None: the frame's channels);

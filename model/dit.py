@@ -120,12 +120,17 @@ class PromptEncoder(nn.Module):
 
 
 class DigitPromptEncoder(nn.Module):
-    """A Moving-digits prompt ("digits 3 and 7") -> one conditioning vector (B, D).
+    """A Moving-digits prompt ("digits 3 and 7") -> one conditioning vector (B, D), or
+    with ``cfg.prompt_mixer`` that vector and one token per named digit (B, 1 + 3, D).
 
     The prompt is parsed by :func:`model.prompts.parse_digit_prompt` (anything outside
     its grammar is a :class:`~pomstream.model.prompts.PromptError`) into how often each digit is
     named and how many digits there are; each digit and the count have a learned vector,
     their sum goes through an MLP. The empty prompt (count 0) is the unconditional input.
+
+    Digit tokens (for the blocks' cross-PoM, see :func:`split_cond`): row 1 + i is the
+    learned token of the i-th named digit; rows of digits not named are exact zeros
+    (the padding the cross-PoM masks out), so the empty prompt has none.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -135,21 +140,37 @@ class DigitPromptEncoder(nn.Module):
         self.digit = nn.Embedding(10, d)
         self.count = nn.Embedding(MAX_DIGITS + 1, d)
         self.mlp = mlp(d, 4 * d, cfg.dim)
-
-    def features(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """(how often each digit is named (B, 10) float, digit count (B,) long)."""
-        counts = torch.zeros(len(prompts), 10)
-        for i, text in enumerate(prompts):
-            self.rules.check(text)  # its length first, then the grammar, as the API does
-            for digit in parse_digit_prompt(text):
-                counts[i, digit] += 1
-        return counts, counts.sum(1).long()
+        # unit-scale tokens (nn.Embedding's N(0, 1)): never all zeros, the padding value
+        self.token = nn.Embedding(10, cfg.dim) if cfg.prompt_mixer else None
 
     def forward(self, prompts: list[str]) -> Tensor:
-        counts, n = self.features(prompts)
         w = self.digit.weight
-        x = counts.to(w) @ w + self.count(n.to(w.device))  # (B, d)
-        return self.mlp(x)  # (B, D)
+        named = []
+        for text in prompts:
+            self.rules.check(text)  # its length first, then the grammar, as the API does
+            named.append(parse_digit_prompt(text))
+        counts = torch.zeros(len(prompts), 10)  # how often each digit is named
+        ids = torch.full((len(prompts), MAX_DIGITS), -1, dtype=torch.long)
+        for i, digits in enumerate(named):
+            for digit in digits:
+                counts[i, digit] += 1
+            ids[i, : len(digits)] = torch.tensor(digits, dtype=torch.long)
+        n = counts.sum(1).long().to(w.device)
+        pooled = self.mlp(counts.to(w) @ w + self.count(n))  # (B, D)
+        if self.token is None:
+            return pooled
+        ids = ids.to(w.device)
+        tokens = self.token(ids.clamp_min(0)) * (ids >= 0)[..., None]  # (B, 3, D)
+        return torch.cat([pooled[:, None], tokens.to(pooled.dtype)], 1)  # (B, 4, D)
+
+
+def split_cond(cond: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """A prompt encoding -> (pooled vector (B, D), digit tokens (B, K, D) or None, their
+    mask (B, K), True = a named digit, or None). (B, D) encodings have no tokens."""
+    if cond.ndim == 2:
+        return cond, None, None
+    tokens = cond[:, 1:]
+    return cond[:, 0], tokens, tokens.ne(0).any(-1)
 
 
 PROMPT_ENCODERS = {"bytes": PromptEncoder, "digits": DigitPromptEncoder}
@@ -193,13 +214,16 @@ class Block(nn.Module):
         self.mlp = MixFFN(d, hidden, side) if cfg.local_mixer else mlp(d, hidden)
         self.per_position = cfg.temporal_mixer == "per_position"
         self.positions = side * side
-        self.n_branches = 3 if cfg.spatial_mixer else 2
+        # the prompt's cross-PoM comes last: adding it keeps the other branches' adaLN rows
+        self.cross = PoM(d, **pom_args) if cfg.prompt_mixer else None
+        self.n_branches = (3 if cfg.spatial_mixer else 2) + (self.cross is not None)
         self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Linear(d, 3 * self.n_branches * d)
 
-    def forward(self, x: Tensor, c: Tensor, state: PoMState | None = None
-                ) -> tuple[Tensor, PoMState | None]:
-        """x (B, F, L, D), c (B, F, D). With ``state``, F must be 1 (streaming)."""
+    def forward(self, x: Tensor, c: Tensor, state: PoMState | None = None,
+                prompt: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, PoMState | None]:
+        """x (B, F, L, D), c (B, F, D); ``prompt``: digit tokens (B, K, D) and their mask
+        (B, K) for the cross-PoM. With ``state``, F must be 1 (streaming)."""
         B, n_frames, L, D = x.shape
         mods = self.ada(F.silu(c))[:, :, None].chunk(3 * self.n_branches, -1)  # (B, F, 1, D) each
         new_state = None
@@ -233,6 +257,12 @@ class Block(nn.Module):
         if self.spatial is not None:
             branches.insert(0, lambda h: self.spatial(h.flatten(1, 2), mask="frame",
                                                       frame_tokens=L).view_as(h))
+        if self.cross is not None:
+            if prompt is None:
+                raise ValueError("this model mixes in the prompt's digit tokens: pass them")
+            tokens, present = prompt
+            branches.append(lambda h: self.cross(h.flatten(1, 2), tokens.to(h.dtype),
+                                                 mask=present).view_as(h))
         for i, fn in enumerate(branches):
             shift, scale, gate = mods[3 * i : 3 * i + 3]
             x = x + gate * fn(modulate(self.norm(x), shift, scale))  # (B, F, L, D)
@@ -288,18 +318,21 @@ class VideoDiT(nn.Module):
 
     # -- conditioning ------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> Tensor:
-        """(B, D) prompt vectors; cache them, they do not change between frames."""
+        """(B, D) prompt vectors, or (B, 1 + K, D) with digit tokens (``split_cond``);
+        cache them, they do not change between frames."""
         return self.prompt(prompts)
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """Parallel frame-causal forward: x (B, F, C, H, W), t (B, F), cond (B, D)."""
+        """Parallel frame-causal forward: x (B, F, C, H, W), t (B, F), cond from
+        :meth:`encode_prompts`."""
         v, _ = self._run(x, t, cond, None)
         return v
 
     def step(self, x: Tensor, t: Tensor, cond: Tensor, states: list[PoMState]
              ) -> tuple[Tensor, list[PoMState]]:
-        """One frame against the carried states: x (B, C, H, W), t (B,), cond (B, D).
+        """One frame against the carried states: x (B, C, H, W), t (B,), cond as in
+        :meth:`forward`.
 
         Returns the velocity (B, C, H, W) and the states with this frame folded in (keep
         them only for the final, clean pass of a frame).
@@ -323,13 +356,15 @@ class VideoDiT(nn.Module):
     def _run(self, x: Tensor, t: Tensor, cond: Tensor, states: list[PoMState] | None):
         dtype = self.patch_embed.weight.dtype
         h = self.patch_embed(self.patchify(x.to(dtype))) + self.pos.to(dtype)  # (B, F, L, D)
-        c_t, c_p = self.t_embed(t), cond[:, None].to(dtype)  # (B, F, D), (B, 1, D)
+        pooled, tokens, present = split_cond(cond)
+        prompt = None if tokens is None else (tokens.to(dtype), present)
+        c_t, c_p = self.t_embed(t), pooled[:, None].to(dtype)  # (B, F, D), (B, 1, D)
         if self.cfg.cond_norm:  # both parts the same size, however the embeddings grow
             c_t, c_p = F.layer_norm(c_t, c_t.shape[-1:]), F.layer_norm(c_p, c_p.shape[-1:])
         c = c_t + c_p  # (B, F, D)
         new_states = []
         for i, blk in enumerate(self.blocks):
-            h, st = blk(h, c, None if states is None else states[i])  # (B, F, L, D)
+            h, st = blk(h, c, None if states is None else states[i], prompt)  # (B, F, L, D)
             new_states.append(st)
         shift, scale = self.final_ada(F.silu(c))[:, :, None].chunk(2, -1)  # (B, F, 1, D)
         out = self.final(modulate(self.final_norm(h), shift, scale))  # (B, F, L, C*p*p)

@@ -10,8 +10,10 @@ question each, with the project's digit classifier as the judge:
     (no digit predicted at all), ``ink_px`` (pixels brighter than 64; a real digit has
     about 120), and the mean absolute pixel change (0-255) between frames of the same
     seed and different prompts (``change_across_prompts``) against the same prompt and
-    different seeds (``change_across_seeds``): a model that reads its prompt changes the
-    picture at least as much with the prompt as with the seed.
+    different seeds (``change_across_seeds``), and the same two numbers for real frames
+    (``real_change_across_prompts`` / ``_seeds``: one place per seed, a test-split image
+    of each digit there). A model that ignores its prompt has a tiny ratio; real frames,
+    whose position comes with the seed, have about 0.7, not 1.
 ``two_digits``
     the same for frame 0 of random two-digit prompts: ``exact`` and ``recall``.
 ``recovery``
@@ -48,6 +50,29 @@ def _sets(probs: np.ndarray) -> np.ndarray:
     return probs > 0.5
 
 
+def _change(gray: np.ndarray) -> tuple[float, float]:
+    """Mean absolute change of (prompt, seed, H, W) frames across prompts, across seeds."""
+    prompts, seeds = gray.shape[:2]
+    across_prompts = np.mean([np.abs(gray[a] - gray[b]).mean()
+                              for a, b in itertools.combinations(range(prompts), 2)])
+    across_seeds = np.mean([np.abs(gray[:, a] - gray[:, b]).mean()
+                            for a, b in itertools.combinations(range(seeds), 2)])
+    return float(across_prompts), float(across_seeds)
+
+
+def _real_frames(seeds: int, size: int) -> np.ndarray:
+    """(10, seeds, size, size) float: for seed s one place, and an image of each digit
+    there (test split), as frame 0 of "digit 0".."digit 9" would be with one seed."""
+    data = MovingDigits("test", size=size)
+    out = []
+    for d in range(10):
+        images = data.images[data.labels == d]
+        out.append([data.render(np.random.default_rng(1000 + s),
+                                [images[np.random.default_rng(s).integers(len(images))]], 1)[0]
+                    for s in range(seeds)])
+    return np.asarray(out, dtype=np.float32)
+
+
 def first_frame(generator, seeds: int = 8, classifier=None, **params) -> dict:
     classifier = classifier or load_classifier()
     digits = list(range(10))
@@ -57,10 +82,8 @@ def first_frame(generator, seeds: int = 8, classifier=None, **params) -> dict:
     target = np.eye(10, dtype=bool)[:, None, :]  # (prompt, 1, digit)
     present = _sets(probs)
     gray = frames.astype(np.float32)
-    across_prompts = np.mean([np.abs(gray[a] - gray[b]).mean()
-                              for a, b in itertools.combinations(range(10), 2)])
-    across_seeds = np.mean([np.abs(gray[:, a] - gray[:, b]).mean()
-                            for a, b in itertools.combinations(range(seeds), 2)])
+    across_prompts, across_seeds = _change(gray)
+    real_prompts, real_seeds = _change(_real_frames(seeds, gray.shape[-1]))
     return {
         "exact": float((present == target).all(-1).mean()),
         "top_guess": float((probs.argmax(-1) == np.arange(10)[:, None]).mean()),
@@ -68,6 +91,8 @@ def first_frame(generator, seeds: int = 8, classifier=None, **params) -> dict:
         "ink_px": float((gray > INK).sum((-2, -1)).mean()),
         "change_across_prompts": float(across_prompts),
         "change_across_seeds": float(across_seeds),
+        "real_change_across_prompts": real_prompts,
+        "real_change_across_seeds": real_seeds,
         "by_digit_exact": [round(float(v), 3) for v in (present == target).all(-1).mean(1)],
     }
 

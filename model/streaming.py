@@ -238,7 +238,7 @@ class StreamGenerator:
         if prompt in self._prompts:
             self._prompts.move_to_end(prompt)
             return self._prompts[prompt]
-        vec = self.model.encode_prompts([prompt])  # (1, D)
+        vec = self.model.encode_prompts([prompt])  # (1, D) or (1, 1 + K, D)
         self._prompts[prompt] = vec
         if len(self._prompts) > self._prompt_cache:
             self._prompts.popitem(last=False)
@@ -287,7 +287,7 @@ class StreamGenerator:
         """Conditioning and states of a group; with guidance, conditional rows first and
         then unconditional ones (2n rows)."""
         n = len(sessions)
-        cond = torch.cat([s._cond for s in sessions])  # (n, D)
+        cond = torch.cat([s._cond for s in sessions])  # (n, D) or (n, 1 + K, D)
 
         def stacked(attr: str) -> list[PoMState]:
             return [PoMState.cat(layer)
@@ -295,7 +295,8 @@ class StreamGenerator:
 
         states = stacked("states")
         if sessions[0].params.uses_cfg:
-            cond = torch.cat([cond, self.encode_prompt("").expand(n, -1)])  # (2n, D)
+            empty = self.encode_prompt("")
+            cond = torch.cat([cond, empty.expand(n, *empty.shape[1:])])  # 2n rows
             states = [PoMState.cat([a, b])
                       for a, b in zip(states, stacked("states_uncond"), strict=True)]
         return cond, states

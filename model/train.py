@@ -35,6 +35,7 @@ from .config import ModelConfig
 from .data import MovingDigits
 from .diffusion import NoiseLevels, flow_loss
 from .dit import VideoDiT
+from .grow import grow_into, load_source
 
 
 @dataclass
@@ -73,6 +74,9 @@ class TrainArgs:
     device: str = "auto"
     resume: bool = False
     max_minutes: float = 0.0  # stop (and checkpoint) after this long; 0 = no limit
+    # start (not resume) from another run's train_state.pt or a model file, grown into
+    # this config where it adds branches (model.grow); the optimizer starts afresh
+    init_from: str = ""
 
 
 def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
@@ -168,6 +172,15 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
         np_rng.bit_generator.state = st["np_rng"][rank] if rank < len(st["np_rng"]) else \
             np_rng.bit_generator.state
         t_rng.set_state(st["t_rng"].cpu())  # map_location moved it with the rest
+    elif args.init_from:
+        weights, ema_weights = load_source(args.init_from)
+        grown = grow_into(model, weights)
+        grow_into(ema, ema_weights)
+        if rank == 0:
+            note = {"step": 0, "init_from": args.init_from, "grown": grown}
+            tqdm.write(f"started from {args.init_from}; new or grown tensors: {len(grown)}")
+            with (out / "log.jsonl").open("a") as f:
+                f.write(json.dumps(note) + "\n")
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(

@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", dest="max_minutes", type=float)
     p.add_argument("--device")
     p.add_argument("--resume", action="store_true", default=None)
+    p.add_argument("--init-from", dest="init_from", metavar="PATH",
+                   help="start from another run's train_state.pt or a .safetensors model "
+                        "(new branches of this config start switched off)")
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=cmd_train)
 

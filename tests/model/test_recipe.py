@@ -177,6 +177,8 @@ def test_probes_report_every_question():
     ff = out["first_frame"]
     assert 0 <= ff["exact"] <= ff["top_guess"] + 1 and 0 <= ff["no_digit"] <= 1
     assert ff["change_across_seeds"] > 0 and len(ff["by_digit_exact"]) == 10
+    # real frames: the seed's place moves more pixels than the digit at one place
+    assert 0 < ff["real_change_across_prompts"] < ff["real_change_across_seeds"]
     assert set(out["two_digits"]) == {"exact", "recall"}
     for key in ("recovery_blank", "recovery_dimmed"):
         assert 0 <= out[key]["recovered"] <= 1 and out[key]["frames"] == 12

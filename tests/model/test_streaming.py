@@ -18,11 +18,14 @@ def rel_err(a, b):
 @pytest.mark.parametrize("spatial,decay,local,temporal,digits", [
     (True, True, True, "per_position", False), (False, False, False, "global", False),
     (True, True, False, "global", False), (False, False, True, "per_position", False),
-    (True, True, True, "per_position", True)])
+    (True, True, True, "per_position", True), (True, True, True, "per_position", "mixer")])
 def test_step_equals_parallel_forward(spatial, decay, local, temporal, digits):
     """Frame f streamed against the states of frames < f (clean, t=0) equals the parallel
-    frame-causal forward over the clip with those frames at t=0 and frame f at its level."""
+    frame-causal forward over the clip with those frames at t=0 and frame f at its level
+    (``digits="mixer"``: with the cross-PoM to the prompt's digit tokens)."""
     extra = dict(prompt_encoder="digits", cond_norm=True) if digits else {}
+    if digits == "mixer":
+        extra["prompt_mixer"] = True
     model = randomized_model(spatial_mixer=spatial, temporal_decay=decay, local_mixer=local,
                              temporal_mixer=temporal, **extra)
     cfg = model.cfg
@@ -61,9 +64,12 @@ def test_generator_frame_equals_parallel_forward(tiny_model):
         assert rel_err(latents[f], noise[f] - v) < 1e-9
 
 
-@pytest.mark.parametrize("temporal", ["global", "per_position"])
-def test_batched_sessions_equal_alone(temporal):
-    model = randomized_model(temporal_mixer=temporal, local_mixer=temporal != "global").float()
+@pytest.mark.parametrize("temporal,mixer", [("global", False), ("per_position", False),
+                                            ("per_position", True)])
+def test_batched_sessions_equal_alone(temporal, mixer):
+    extra = dict(prompt_encoder="digits", prompt_mixer=True) if mixer else {}
+    model = randomized_model(temporal_mixer=temporal, local_mixer=temporal != "global",
+                             **extra).float()
     gen = StreamGenerator(model)
     specs = [("digit 1", 1, 1.0), ("digits 5 and 6", 2, 2.5), ("digits 7, 8 and 9", 3, 1.0)]
     alone = []

@@ -1,0 +1,129 @@
+"""The prompt's digit tokens and the blocks' cross-PoM over them, and growing a trained
+model into one that has it (``train --init-from``)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pomstream.model.config import get_config
+from pomstream.model.dit import VideoDiT, split_cond
+from pomstream.model.grow import grow_into
+from pomstream.model.streaming import StreamGenerator
+from pomstream.model.train import TrainArgs, train
+from tests.support.models import randomized_model
+
+PLAIN = get_config("pom-dit-tiny", prompt_encoder="digits", cond_norm=True)
+MIXER = get_config("pom-dit-tiny", prompt_encoder="digits", cond_norm=True, prompt_mixer=True)
+
+
+def test_digit_tokens_name_each_digit_and_pad_with_zeros():
+    model = VideoDiT(MIXER)
+    cond = model.encode_prompts(["digit 4", "digits 3 and 3", "digits 1, 4 and 9", ""])
+    assert cond.shape == (4, 4, MIXER.dim)
+    pooled, tokens, present = split_cond(cond)
+    assert pooled.shape == (4, MIXER.dim)
+    assert present.tolist() == [[True, False, False], [True, True, False],
+                                [True, True, True], [False, False, False]]
+    assert torch.equal(tokens[1, 0], tokens[1, 1])  # "3 and 3": the same digit twice
+    assert torch.equal(tokens[0, 0], tokens[2, 1])  # the 4 of both prompts
+    assert not tokens[~present].any()  # padding is exactly zero: the mask reads it
+    # the pooled part is what a model without the mixer computes from the same weights
+    plain = VideoDiT(PLAIN)
+    grow_into(model, plain.state_dict())
+    assert torch.equal(split_cond(model.encode_prompts(["digits 2 and 5"]))[0],
+                       plain.encode_prompts(["digits 2 and 5"]))
+
+
+def test_the_cross_pom_reads_only_the_digits_named():
+    model = randomized_model(prompt_encoder="digits", prompt_mixer=True)
+    x = torch.randn(1, 2, 1, 16, 16, dtype=torch.float64)
+    t = torch.rand(1, 2, dtype=torch.float64)
+
+    def velocity(prompt):
+        return model(x, t, model.encode_prompts([prompt]))
+
+    before_3, before_empty = velocity("digits 3 and 7"), velocity("")
+    with torch.no_grad():
+        model.prompt.token.weight[5].add_(1.0)  # a digit neither prompt names
+    assert torch.equal(velocity("digits 3 and 7"), before_3)
+    assert torch.equal(velocity(""), before_empty)  # no tokens: the branch adds nothing
+    with torch.no_grad():
+        model.prompt.token.weight[7].add_(1.0)  # one the prompt names
+    assert not torch.allclose(velocity("digits 3 and 7"), before_3)
+    # swapping the order of the digits changes nothing: a set of tokens, averaged
+    assert torch.allclose(velocity("digits 7 and 3"), velocity("digits 3 and 7"), atol=1e-12)
+
+
+def test_a_grown_model_computes_what_its_source_did():
+    """New branch gated off (adaLN-zero rows appended): same velocities, same frames."""
+    source = randomized_model(prompt_encoder="digits", cond_norm=True).float()
+    grown = VideoDiT(MIXER).eval()
+    partial = grow_into(grown, source.state_dict())
+    assert "prompt.token.weight" in partial and "blocks.0.ada.weight" in partial
+    x, t = torch.randn(2, 3, 1, 16, 16), torch.rand(2, 3)
+    prompts = ["digits 3 and 7", ""]
+    assert torch.equal(grown(x, t, grown.encode_prompts(prompts)),
+                       source(x, t, source.encode_prompts(prompts)))
+    frames = []
+    for model in (source, grown):
+        gen = StreamGenerator(model)
+        session = gen.session("digits 1 and 8", seed=3, steps=2, guidance=3.0)
+        frames.append([session.next_frame() for _ in range(3)])
+    assert all((a == b).all() for a, b in zip(*frames, strict=True))
+
+
+def test_models_that_do_not_nest_are_refused():
+    mixer = VideoDiT(MIXER)
+    with pytest.raises(ValueError, match="lacks"):
+        grow_into(VideoDiT(PLAIN), mixer.state_dict())  # shrinking
+    wider = VideoDiT(get_config("pom-dit-tiny", prompt_encoder="digits", dim=48))
+    with pytest.raises(ValueError, match="does not grow into"):
+        grow_into(mixer, wider.state_dict())
+
+
+def test_init_from_starts_where_the_source_run_ended_and_resumes_exactly(tmp_path):
+    base = dict(batch=2, lr=1e-3, warmup=2, log_every=2, image_every=2, image_batch=4,
+                restore=0.5, t_mean=0.3, t_uniform=0.2, context_loss=False)
+    source = tmp_path / "source"
+    train(PLAIN, TrainArgs(out=str(source), steps=3, ckpt_every=3, **base))
+    src_state = str(source / "train_state.pt")
+    # zero steps: the grown run's EMA model is the source's EMA, new branch off
+    start = tmp_path / "start"
+    train(MIXER, TrainArgs(out=str(start), steps=0, init_from=src_state, **base))
+    old, new = load_file(str(source / "model.safetensors")), load_file(
+        str(start / "model.safetensors"))
+    assert all(torch.equal(new[k], v) for k, v in old.items() if new[k].shape == v.shape)
+    assert torch.equal(new["blocks.0.ada.weight"][: old["blocks.0.ada.weight"].shape[0]],
+                       old["blocks.0.ada.weight"])
+    assert not new["blocks.0.ada.weight"][old["blocks.0.ada.weight"].shape[0]:].any()
+    note = json.loads((start / "log.jsonl").read_text().splitlines()[0])
+    assert note["init_from"] == src_state and "prompt.token.weight" in note["grown"]
+    # then trains, and stopping and resuming the grown run changes nothing
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    args = dict(steps=5, ckpt_every=2, init_from=src_state, **base)
+    train(MIXER, TrainArgs(out=str(straight), **args))
+    for _ in range(3):
+        train(MIXER, TrainArgs(out=str(split), max_minutes=1e-9, resume=True, **args))
+    train(MIXER, TrainArgs(out=str(split), resume=True, **args))
+    a, b = load_file(str(straight / "model.safetensors")), load_file(
+        str(split / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a["blocks.0.ada.weight"][old["blocks.0.ada.weight"].shape[0]:].any()  # it opened
+
+
+def test_init_from_a_missing_file_is_a_clear_error(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "pomstream", "train", "--model",
+                          "pom-dit-tiny", "--set", "prompt_encoder=digits",
+                          "--set", "prompt_mixer=true", "--out", str(tmp_path / "run"),
+                          "--steps", "1", "--init-from", str(tmp_path / "none.pt")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "none.pt does not exist" in res.stderr
+
+
+def test_the_mixer_needs_the_digit_encoder():
+    with pytest.raises(ValueError, match="prompt_mixer needs"):
+        get_config("pom-dit-tiny", prompt_mixer=True)
