@@ -214,8 +214,11 @@ class Block(nn.Module):
         self.mlp = MixFFN(d, hidden, side) if cfg.local_mixer else mlp(d, hidden)
         self.per_position = cfg.temporal_mixer == "per_position"
         self.positions = side * side
-        # the prompt's cross-PoM comes last: adding it keeps the other branches' adaLN rows
-        self.cross = PoM(d, **pom_args) if cfg.prompt_mixer else None
+        # the prompt's cross-PoM comes last: adding it keeps the other branches' adaLN rows.
+        # Its coefficients start at +-1, not cfg.coeff_init: grown into a trained model,
+        # where the other branches' outputs are O(1), a branch whose output starts ~10x
+        # smaller barely moved in 1,000 steps (docs/demo-training.md, run demo-v4)
+        self.cross = PoM(d, **{**pom_args, "coeff_init": 1.0}) if cfg.prompt_mixer else None
         self.n_branches = (3 if cfg.spatial_mixer else 2) + (self.cross is not None)
         self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Linear(d, 3 * self.n_branches * d)
