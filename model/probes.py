@@ -15,7 +15,8 @@ question each, with the project's digit classifier as the judge:
     of each digit there). A model that ignores its prompt has a tiny ratio; real frames,
     whose position comes with the seed, have about 0.7, not 1.
 ``two_digits``
-    the same for frame 0 of random two-digit prompts: ``exact`` and ``recall``.
+    the same for frame 0 of random two-digit prompts (``pairs`` of them, two seeds
+    each): ``exact`` and ``recall``.
 ``recovery``
     the blank trap: fold ``past`` blank or dimmed (x0.3) real frames into a session, then
     run ``frames`` frames with the prompt; ``recovered`` is the fraction of sessions whose
@@ -135,7 +136,7 @@ def recovery(generator, sessions: int = 16, past: int = 3, frames: int = 12,
 
 
 def run_probes(generator, seeds: int = 8, stream_videos: int = 0, stream_frames: int = 300,
-               classifier=None, **params) -> dict:
+               classifier=None, pairs: int = 16, **params) -> dict:
     """Every probe; with ``stream_videos``, also that many streams of ``stream_frames``
     frames scored at the start and the end (blank fraction, prompt accuracy, ...)."""
     classifier = classifier or load_classifier()
@@ -143,8 +144,8 @@ def run_probes(generator, seeds: int = 8, stream_videos: int = 0, stream_frames:
     timings = {}
     for name, fn in (("first_frame", lambda: first_frame(generator, seeds, classifier,
                                                           **params)),
-                     ("two_digits", lambda: two_digits(generator, classifier=classifier,
-                                                       **params)),
+                     ("two_digits", lambda: two_digits(generator, pairs,
+                                                       classifier=classifier, **params)),
                      ("recovery_blank", lambda: recovery(generator, classifier=classifier,
                                                          **params)),
                      ("recovery_dimmed", lambda: recovery(generator, dim=0.3,

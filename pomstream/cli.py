@@ -128,7 +128,8 @@ def cmd_probe(args) -> int:
     gen = _load_generator(args)
     start = time.perf_counter()
     scores = run_probes(gen, seeds=args.seeds, stream_videos=args.streams,
-                        stream_frames=args.stream_frames, **_gen_params(args))
+                        stream_frames=args.stream_frames, pairs=args.pairs,
+                        **_gen_params(args))
     scores["model"] = str(args.model)
     scores["total_seconds"] = round(time.perf_counter() - start, 1)
     text = json.dumps(scores, indent=2)
@@ -289,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="quick checks of a model: first frames, two digits, "
                        "recovery from a blank past (and streams)")
     p.add_argument("--seeds", type=int, default=8, help="seeds per single-digit prompt")
+    p.add_argument("--pairs", type=int, default=16,
+                   help="two-digit prompts (two seeds each) of the two-digit test")
     p.add_argument("--streams", type=int, default=0, help="also score this many streams")
     p.add_argument("--stream-frames", dest="stream_frames", type=int, default=300)
     p.add_argument("--json", help="also write the scores to this file")

@@ -173,7 +173,7 @@ def test_probes_report_every_question():
 
     torch.manual_seed(0)
     gen = StreamGenerator(VideoDiT(DIGITS).eval())
-    out = run_probes(gen, seeds=2, stream_videos=2, stream_frames=6, steps=2)
+    out = run_probes(gen, seeds=2, stream_videos=2, stream_frames=6, pairs=3, steps=2)
     ff = out["first_frame"]
     assert 0 <= ff["exact"] <= ff["top_guess"] + 1 and 0 <= ff["no_digit"] <= 1
     assert ff["change_across_seeds"] > 0 and len(ff["by_digit_exact"]) == 10
