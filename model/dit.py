@@ -214,12 +214,14 @@ class Block(nn.Module):
         self.mlp = MixFFN(d, hidden, side) if cfg.local_mixer else mlp(d, hidden)
         self.per_position = cfg.temporal_mixer == "per_position"
         self.positions = side * side
-        # the prompt's cross-PoM comes last: adding it keeps the other branches' adaLN rows.
-        # Its coefficients start at +-1, not cfg.coeff_init: grown into a trained model,
-        # where the other branches' outputs are O(1), a branch whose output starts ~10x
-        # smaller barely moved in 1,000 steps (docs/demo-training.md, run demo-v4)
+        self.n_branches = 3 if cfg.spatial_mixer else 2
+        # the prompt's cross-PoM has its own adaLN layer, so that a trained model without
+        # it can be grown into one (model.grow) and the new tensors trained apart. Its
+        # coefficients start at +-1, not cfg.coeff_init: grown into a trained model,
+        # where the other branches' outputs are O(1), a branch starting ~10x smaller
+        # barely moved in 1,000 steps (docs/demo-training.md, runs demo-v4*)
         self.cross = PoM(d, **{**pom_args, "coeff_init": 1.0}) if cfg.prompt_mixer else None
-        self.n_branches = (3 if cfg.spatial_mixer else 2) + (self.cross is not None)
+        self.cross_ada = nn.Linear(d, 3 * d) if cfg.prompt_mixer else None
         self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Linear(d, 3 * self.n_branches * d)
 
@@ -260,15 +262,16 @@ class Block(nn.Module):
         if self.spatial is not None:
             branches.insert(0, lambda h: self.spatial(h.flatten(1, 2), mask="frame",
                                                       frame_tokens=L).view_as(h))
+        for i, fn in enumerate(branches):
+            shift, scale, gate = mods[3 * i : 3 * i + 3]
+            x = x + gate * fn(modulate(self.norm(x), shift, scale))  # (B, F, L, D)
         if self.cross is not None:
             if prompt is None:
                 raise ValueError("this model mixes in the prompt's digit tokens: pass them")
             tokens, present = prompt
-            branches.append(lambda h: self.cross(h.flatten(1, 2), tokens.to(h.dtype),
-                                                 mask=present).view_as(h))
-        for i, fn in enumerate(branches):
-            shift, scale, gate = mods[3 * i : 3 * i + 3]
-            x = x + gate * fn(modulate(self.norm(x), shift, scale))  # (B, F, L, D)
+            shift, scale, gate = self.cross_ada(F.silu(c))[:, :, None].chunk(3, -1)
+            h = modulate(self.norm(x), shift, scale).flatten(1, 2)
+            x = x + gate * self.cross(h, tokens.to(h.dtype), mask=present).view_as(x)
         return x, new_state
 
 
@@ -300,8 +303,10 @@ class VideoDiT(nn.Module):
         nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
         for blk in self.blocks:  # adaLN-zero: every block starts as the identity
-            nn.init.zeros_(blk.ada.weight)
-            nn.init.zeros_(blk.ada.bias)
+            for ada in (blk.ada, blk.cross_ada):
+                if ada is not None:
+                    nn.init.zeros_(ada.weight)
+                    nn.init.zeros_(ada.bias)
         for m in (self.final_ada, self.final):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)

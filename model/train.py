@@ -77,6 +77,7 @@ class TrainArgs:
     # start (not resume) from another run's train_state.pt or a model file, grown into
     # this config where it adds branches (model.grow); the optimizer starts afresh
     init_from: str = ""
+    new_lr_mult: float = 1.0  # learning-rate factor of the tensors init_from lacked
 
 
 def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
@@ -99,6 +100,19 @@ def _lr_at(step: int, args: TrainArgs) -> float:
         return args.lr * (step + 1) / args.warmup
     progress = (step - args.warmup) / max(1, args.steps - args.warmup)
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _optimizer(model: torch.nn.Module, args: TrainArgs, new_params: list[str]
+               ) -> torch.optim.Optimizer:
+    """AdamW; the tensors named in ``new_params`` (new branches of a grown model) in a
+    second group whose learning rate is ``new_lr_mult`` times the schedule's."""
+    new = set(new_params)
+    old_group = [p for n, p in model.named_parameters() if n not in new]
+    new_group = [p for n, p in model.named_parameters() if n in new]
+    groups = [{"params": old_group, "lr_mult": 1.0}]
+    if new_group:
+        groups.append({"params": new_group, "lr_mult": args.new_lr_mult})
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
 
 
 def make_batch(data: MovingDigits, ae, rng: np.random.Generator, batch: int, frames: int,
@@ -150,8 +164,8 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
     torch.manual_seed(args.seed)
     model = VideoDiT(cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     state_path = out / "train_state.pt"
+    new_params: list[str] = []  # tensors an --init-from source lacked (trained x new_lr_mult)
     step, elapsed_before = 0, 0.0
     np_rng = np.random.default_rng([args.seed, rank])
     t_rng = torch.Generator().manual_seed(args.seed * 1000 + rank)
@@ -161,6 +175,8 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
             raise ValueError(f"{state_path} was trained with another config; use another --out")
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
+        new_params = st.get("new_params", [])
+        opt = _optimizer(model, args, new_params)
         opt.load_state_dict(st["opt"])
         step, elapsed_before = st["step"], st.get("elapsed", 0.0)
         changed = {k: (v, getattr(args, k)) for k, v in st.get("args", {}).items()
@@ -174,13 +190,15 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
         t_rng.set_state(st["t_rng"].cpu())  # map_location moved it with the rest
     elif args.init_from:
         weights, ema_weights = load_source(args.init_from)
-        grown = grow_into(model, weights)
+        new_params = grow_into(model, weights)
         grow_into(ema, ema_weights)
         if rank == 0:
-            note = {"step": 0, "init_from": args.init_from, "grown": grown}
-            tqdm.write(f"started from {args.init_from}; new or grown tensors: {len(grown)}")
+            note = {"step": 0, "init_from": args.init_from, "new": new_params}
+            tqdm.write(f"started from {args.init_from}; new tensors: {len(new_params)}")
             with (out / "log.jsonl").open("a") as f:
                 f.write(json.dumps(note) + "\n")
+    if not (args.resume and state_path.exists()):
+        opt = _optimizer(model, args, new_params)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -202,6 +220,7 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
         tmp = state_path.with_suffix(".tmp")
         torch.save({"config": cfg.to_json(), "model": model.state_dict(), "ema": ema.state_dict(),
                     "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                    "new_params": new_params,
                     "args": asdict(args),
                     "np_rng": [np_rng.bit_generator.state], "t_rng": t_rng.get_state()}, tmp)
         tmp.replace(state_path)
@@ -210,7 +229,7 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
     stop = _StopSignal()
     while step < args.steps and not stop.requested:
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, args)
+            group["lr"] = _lr_at(step, args) * group.get("lr_mult", 1.0)  # none: before 11-30
         batch, frames = step_shape(step, args, cfg.train_clip_frames)
         x0, prompts, prefix = make_batch(data, ae, np_rng, batch, frames, args.prompt_dropout,
                                          args.restore)

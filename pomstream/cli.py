@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", dest="init_from", metavar="PATH",
                    help="start from another run's train_state.pt or a .safetensors model "
                         "(new branches of this config start switched off)")
+    p.add_argument("--new-lr-mult", dest="new_lr_mult", type=float,
+                   help="learning-rate factor of the tensors the --init-from model lacked")
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=cmd_train)
 

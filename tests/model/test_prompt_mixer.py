@@ -59,11 +59,14 @@ def test_the_cross_pom_reads_only_the_digits_named():
 
 
 def test_a_grown_model_computes_what_its_source_did():
-    """New branch gated off (adaLN-zero rows appended): same velocities, same frames."""
+    """New branch gated off (its own adaLN layer, zero at start): same velocities, same
+    frames."""
     source = randomized_model(prompt_encoder="digits", cond_norm=True).float()
     grown = VideoDiT(MIXER).eval()
-    partial = grow_into(grown, source.state_dict())
-    assert "prompt.token.weight" in partial and "blocks.0.ada.weight" in partial
+    new = grow_into(grown, source.state_dict())
+    assert {"prompt.token.weight", "blocks.0.cross_ada.weight",
+            "blocks.1.cross.po_coeff"} <= set(new)
+    assert not any(name.startswith("blocks.0.ada") for name in new)
     x, t = torch.randn(2, 3, 1, 16, 16), torch.rand(2, 3)
     prompts = ["digits 3 and 7", ""]
     assert torch.equal(grown(x, t, grown.encode_prompts(prompts)),
@@ -81,7 +84,7 @@ def test_models_that_do_not_nest_are_refused():
     with pytest.raises(ValueError, match="lacks"):
         grow_into(VideoDiT(PLAIN), mixer.state_dict())  # shrinking
     wider = VideoDiT(get_config("pom-dit-tiny", prompt_encoder="digits", dim=48))
-    with pytest.raises(ValueError, match="does not grow into"):
+    with pytest.raises(ValueError, match="in the source"):
         grow_into(mixer, wider.state_dict())
 
 
@@ -96,15 +99,13 @@ def test_init_from_starts_where_the_source_run_ended_and_resumes_exactly(tmp_pat
     train(MIXER, TrainArgs(out=str(start), steps=0, init_from=src_state, **base))
     old, new = load_file(str(source / "model.safetensors")), load_file(
         str(start / "model.safetensors"))
-    assert all(torch.equal(new[k], v) for k, v in old.items() if new[k].shape == v.shape)
-    assert torch.equal(new["blocks.0.ada.weight"][: old["blocks.0.ada.weight"].shape[0]],
-                       old["blocks.0.ada.weight"])
-    assert not new["blocks.0.ada.weight"][old["blocks.0.ada.weight"].shape[0]:].any()
+    assert all(torch.equal(new[k], v) for k, v in old.items())
+    assert not new["blocks.0.cross_ada.weight"].any()
     note = json.loads((start / "log.jsonl").read_text().splitlines()[0])
-    assert note["init_from"] == src_state and "prompt.token.weight" in note["grown"]
-    # then trains, and stopping and resuming the grown run changes nothing
+    assert note["init_from"] == src_state and "prompt.token.weight" in note["new"]
+    # then trains (new tensors 10x faster), and stopping and resuming changes nothing
     straight, split = tmp_path / "straight", tmp_path / "split"
-    args = dict(steps=5, ckpt_every=2, init_from=src_state, **base)
+    args = dict(steps=5, ckpt_every=2, init_from=src_state, new_lr_mult=10.0, **base)
     train(MIXER, TrainArgs(out=str(straight), **args))
     for _ in range(3):
         train(MIXER, TrainArgs(out=str(split), max_minutes=1e-9, resume=True, **args))
@@ -112,7 +113,18 @@ def test_init_from_starts_where_the_source_run_ended_and_resumes_exactly(tmp_pat
     a, b = load_file(str(straight / "model.safetensors")), load_file(
         str(split / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert a["blocks.0.ada.weight"][old["blocks.0.ada.weight"].shape[0]:].any()  # it opened
+    assert a["blocks.0.cross_ada.weight"].any()  # the gate opened
+    state = torch.load(split / "train_state.pt", weights_only=False)
+    groups = state["opt"]["param_groups"]
+    assert [g["lr_mult"] for g in groups] == [1.0, 10.0]
+    assert len(groups[1]["params"]) == len(state["new_params"]) == len(note["new"])
+    # the new group's steps were 10x larger: compare with a run at the plain rate
+    slow = tmp_path / "slow"
+    train(MIXER, TrainArgs(out=str(slow), **{**args, "new_lr_mult": 1.0}))
+    slow_w = torch.load(slow / "train_state.pt", weights_only=False)["model"]
+    fast_w = state["model"]
+    key = "blocks.0.cross_ada.weight"
+    assert fast_w[key].abs().max() > 3 * slow_w[key].abs().max()
 
 
 def test_init_from_a_missing_file_is_a_clear_error(tmp_path):
