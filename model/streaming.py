@@ -56,10 +56,16 @@ class GenerationParams:
     sampler: str = "euler"
     guidance: float = 1.0
     context_noise: float = 0.0
+    # sampling steps of frame 0, the frame with only the prompt to go on (0: ``steps``).
+    # A stream keeps what its first frame drew, so a better frame 0 lifts the whole
+    # stream, and it costs its extra passes once, not every frame (README model card)
+    first_steps: int = 0
 
     def __post_init__(self):
         if not 1 <= self.steps <= 1000:
             raise ValueError(f"steps must be in 1..1000, got {self.steps}")
+        if not 0 <= self.first_steps <= 1000:
+            raise ValueError(f"first_steps must be in 0..1000 (0: steps), got {self.first_steps}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
         if not 0.0 <= self.guidance <= 50.0:
@@ -71,8 +77,13 @@ class GenerationParams:
     def uses_cfg(self) -> bool:
         return self.guidance != 1.0
 
-    def batch_key(self) -> tuple:
-        return (self.steps, self.sampler, self.context_noise, self.uses_cfg)
+    def steps_at(self, frame_index: int) -> int:
+        """Sampling steps of frame ``frame_index``."""
+        return self.first_steps if frame_index == 0 and self.first_steps else self.steps
+
+    def batch_key(self, frame_index: int = 1) -> tuple:
+        """Sessions whose next frame has the same key share every network call."""
+        return (self.steps_at(frame_index), self.sampler, self.context_noise, self.uses_cfg)
 
 
 class StreamSession:
@@ -254,7 +265,7 @@ class StreamGenerator:
         for i, s in enumerate(sessions):
             if s.generator is not self:
                 raise ValueError("session belongs to another generator")
-            groups.setdefault(s.params.batch_key(), []).append(i)
+            groups.setdefault(s.params.batch_key(s.frame_index), []).append(i)
         for idx in groups.values():
             for i, frame in zip(idx, self._step_group([sessions[i] for i in idx]), strict=True):
                 frames[i] = frame
@@ -334,6 +345,7 @@ class StreamGenerator:
             v_cond, v_uncond = v.chunk(2)
             return guided(v_cond, v_uncond, scale)
 
-        x0 = make_sampler(p.sampler, p.steps, self.cfg.timestep_shift).sample(velocity, x)
+        steps = p.steps_at(sessions[0].frame_index)  # the same for the group (batch_key)
+        x0 = make_sampler(p.sampler, steps, self.cfg.timestep_shift).sample(velocity, x)
         self._fold_latents(sessions, x0, cond, states)
         return self.autoencoder.decode(x0)

@@ -14,6 +14,8 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="demo",
                    help="'demo' (bundled), a .safetensors file, a run folder or a registry size")
     p.add_argument("--steps", type=int, default=None, help="sampling steps per frame")
+    p.add_argument("--first-steps", dest="first_steps", type=int, default=None,
+                   help="sampling steps of frame 0 (0: --steps)")
     p.add_argument("--sampler", choices=["euler", "heun"], default=None)
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--context-noise", type=float, default=None,
@@ -26,7 +28,7 @@ def _gen_params(args) -> dict:
     from pomstream.model.files import generation_defaults
 
     params = generation_defaults(args.model)
-    for key in ("steps", "sampler", "guidance", "context_noise"):
+    for key in ("steps", "first_steps", "sampler", "guidance", "context_noise"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     return params
@@ -172,6 +174,7 @@ _SERVER_OPTIONS = {  # flag -> (Settings field, type, help); unset flags keep en
     "--dtype": ("dtype", str, "weights' dtype: auto (bfloat16 on CUDA), float32, bfloat16"),
     "--threads": ("threads", int, "torch CPU threads (0: torch's default)"),
     "--steps": ("steps", int, "sampling steps per frame"),
+    "--first-steps": ("first_steps", int, "sampling steps of a video's frame 0 (0: --steps)"),
     "--storage-dir": ("storage_dir", str, "directory for finished videos"),
     "--max-sessions": ("max_sessions", int, "batch slots: jobs a worker steps together"),
     "--max-held": ("max_held", int, "jobs a worker holds, time-sliced (0: 4 x max-sessions)"),

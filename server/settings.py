@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     cuda_graphs: bool = True  # on CUDA: the frame step replays CUDA graphs per batch size
     threads: int = Field(0, ge=0)  # torch CPU threads, 0 = torch's default
     steps: int | None = Field(None, ge=1, le=1000)  # None: the model card's default
+    first_steps: int | None = Field(None, ge=0, le=1000)  # frame 0's; 0: steps
     sampler: str | None = None
     guidance: float | None = None
     # HTTP
@@ -142,7 +143,7 @@ class Settings(BaseSettings):
         from pomstream.model.files import generation_defaults
 
         params = generation_defaults(self.model)
-        for key in ("steps", "sampler", "guidance"):
+        for key in ("steps", "first_steps", "sampler", "guidance"):
             if getattr(self, key) is not None:
                 params[key] = getattr(self, key)
         return params

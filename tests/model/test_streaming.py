@@ -203,3 +203,31 @@ def test_version_1_snapshot_of_per_position_states_still_restores():
     got = [restored.next_frame() for _ in range(2)]
     for a, b in zip(got, want, strict=True):
         assert np.array_equal(a, b)
+
+
+def test_first_frame_gets_its_own_step_count(tiny_model):
+    """first_steps: frame 0 sampled with that many steps, later frames with ``steps``;
+    a session at frame 0 batched with one further on makes what each makes alone."""
+    from dataclasses import replace
+
+    gen = StreamGenerator(tiny_model)
+    s = gen.session("digits 4 and 2", seed=3, steps=1, first_steps=3, guidance=2.0)
+    frames = [s.next_frame() for _ in range(3)]
+    ref = gen.session("digits 4 and 2", seed=3, steps=3, guidance=2.0)
+    expected = [ref.next_frame()]
+    ref.params = replace(ref.params, steps=1)
+    expected += [ref.next_frame() for _ in range(2)]
+    assert all(np.array_equal(a, b) for a, b in zip(frames, expected, strict=True))
+    plain = gen.session("digits 4 and 2", seed=3, steps=1, guidance=2.0).next_frame()
+    assert not np.array_equal(frames[0], plain)
+    # one session at frame 0 beside one at frame 3: two groups, same frames as alone
+    late = gen.session("digit 7", seed=5, steps=1, first_steps=3, guidance=2.0)
+    for _ in range(3):
+        late.next_frame()
+    late_alone = gen.restore(late.snapshot())
+    new = gen.session("digits 4 and 2", seed=3, steps=1, first_steps=3, guidance=2.0)
+    together = gen.step([late, new])
+    assert np.array_equal(together[1], frames[0])
+    assert np.array_equal(together[0], late_alone.next_frame())
+    with pytest.raises(ValueError, match="first_steps"):
+        gen.session("digit 1", first_steps=-1)

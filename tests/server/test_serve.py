@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.support.redis import free_port
 from tests.support.servers import ROOT, ServerProcess, decode, wait_for, ws_collect, ws_url
@@ -47,3 +48,22 @@ def test_refuses_unsafe_or_incomplete_configurations():
     assert res.returncode == 2 and "REDIS_URL" in res.stderr, res.stderr
     res = run_cli("api")
     assert res.returncode == 2 and "REDIS_URL" in res.stderr, res.stderr
+
+
+def test_sampling_settings_override_the_model_card(monkeypatch):
+    import pydantic
+
+    from pomstream.model.files import generation_defaults
+    from pomstream.server.settings import Settings
+
+    for key in ("POMSTREAM_STEPS", "POMSTREAM_FIRST_STEPS", "POMSTREAM_SAMPLER",
+                "POMSTREAM_GUIDANCE"):
+        monkeypatch.delenv(key, raising=False)
+    card = generation_defaults("demo")
+    assert Settings().generation_params() == card
+    assert Settings(steps=2, first_steps=3).generation_params() == {
+        **card, "steps": 2, "first_steps": 3}
+    monkeypatch.setenv("POMSTREAM_FIRST_STEPS", "0")  # 0: frame 0 like every other frame
+    assert Settings().generation_params()["first_steps"] == 0
+    with pytest.raises(pydantic.ValidationError):
+        Settings(first_steps=-1)
