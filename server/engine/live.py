@@ -41,9 +41,9 @@ class LiveControl:
         if record is None or record.get("status") in FINAL_STATUSES:
             self.queue.ack(lease)
             return
-        if self.sessions.settle(job.id) != 1:  # nobody watches (a new fork): stay detached
+        # nobody watches (a new fork): stay detached, expiring in detached_ttl_s
+        if self.sessions.settle(job.id, self.detached_ttl_s) != 1:
             self.queue.ack(lease)
-            self.sessions.expire(job.id, self.detached_ttl_s)
             return
         opened = self._open(lease, job, record, "session", lambda config, start: new_encoder(
             self.width, self.height, self.fps, config, start - job.base))
@@ -172,9 +172,8 @@ class LiveControl:
             self.sessions.expire(a.id, self.video_ttl_s)
             self._ack(a)
             self._trim_snapshots(a)
-        elif self.sessions.settle(a.id) == 1:  # a viewer attached meanwhile: run it again
+        elif self.sessions.settle(a.id, self.detached_ttl_s) == 1:  # a viewer came back
             self.queue.release(a.lease)
-        else:
+        else:  # detached, and already expiring
             self._ack(a)
-            self.sessions.expire(a.id, self.detached_ttl_s)
         log_event(log, f"session.{end}", session_id=a.id, worker=self.id, frame=frame)

@@ -199,8 +199,10 @@ if #last > 0 then cursor = last[1][1] end
 return {'ok', cursor, state}
 """
 
-# KEYS: record, view. ARGV: now, stale seconds. 1: a fresh viewer (live), 0: none
-# (detached), -1: no record.
+# KEYS: record, view[, expiring, the session's other keys]. ARGV: now, stale seconds[, id,
+# seconds, deadline, deadline as JSON]. 1: a fresh viewer (live), 0: none (detached), -1:
+# no record. With the optional part a detached session's keys get their expiry in the same
+# step (as EXPIRE does): a worker that dies after settling cannot leave it without one.
 SETTLE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local v = redis.call('HMGET', KEYS[2], 'viewer', 'seen')
@@ -209,6 +211,13 @@ if v[1] and tonumber(v[2]) and tonumber(v[2]) >= tonumber(ARGV[1]) - tonumber(AR
   return 1
 end
 redis.call('HSET', KEYS[1], 'state', '"detached"')
+if #ARGV >= 6 then
+  redis.call('HSET', KEYS[1], 'expires_at', ARGV[6])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+  for i = 4, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[3])
+end
 return 0
 """
 

@@ -164,10 +164,21 @@ class SessionStore:
 
     # -- the worker's side ----------------------------------------------------------------
 
-    def settle(self, sid: str) -> int:
-        """live (1) with a fresh viewer, else detached (0); -1 if the session is gone."""
-        return int(self._scripts["settle"](keys=[self.queue.keys.job(sid), self.view_key(sid)],
-                                           args=[time.time(), self.viewer_timeout_s]))
+    def settle(self, sid: str, detached_ttl_s: int | None = None) -> int:
+        """live (1) with a fresh viewer, else detached (0); -1 if the session is gone.
+
+        With ``detached_ttl_s`` a session that settles detached gets, in the same step, the
+        expiry :meth:`expire` would give it."""
+        now = time.time()
+        keys = [self.queue.keys.job(sid), self.view_key(sid)]
+        args: list = [now, self.viewer_timeout_s]
+        if detached_ttl_s is not None:
+            if detached_ttl_s < 1:
+                raise ValueError(f"detached_ttl_s must be >= 1, got {detached_ttl_s}")
+            deadline = now + detached_ttl_s
+            keys += [self.keys.expiring, self.ctl_key(sid), *self.keys.of_job(sid)[1:]]
+            args += [sid, int(detached_ttl_s), deadline, dumps(int(deadline))]
+        return int(self._scripts["settle"](keys=keys, args=args))
 
     def poll(self, cursors: dict[str, str]) -> tuple[dict[str, ViewState],
                                                        dict[str, list[tuple[str, dict]]]]:
