@@ -171,7 +171,9 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
     t_rng = torch.Generator().manual_seed(args.seed * 1000 + rank)
     if args.resume and state_path.exists():
         st = torch.load(state_path, map_location=device, weights_only=False)
-        if st["config"] != cfg.to_json():
+        # compared as configs, not as text: a state saved before a field was added lacks
+        # it, and means its default
+        if ModelConfig.from_dict(json.loads(st["config"])) != cfg:
             raise ValueError(f"{state_path} was trained with another config; use another --out")
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])

@@ -139,3 +139,20 @@ def test_init_from_a_missing_file_is_a_clear_error(tmp_path):
 def test_the_mixer_needs_the_digit_encoder():
     with pytest.raises(ValueError, match="prompt_mixer needs"):
         get_config("pom-dit-tiny", prompt_mixer=True)
+
+
+def test_a_run_saved_before_a_config_field_existed_resumes(tmp_path):
+    """Its state's config JSON lacks prompt_mixer (added later): it means the default."""
+    args = dict(batch=2, lr=1e-3, warmup=2, log_every=2, image_every=2, image_batch=4,
+                ckpt_every=2)
+    train(PLAIN, TrainArgs(out=str(tmp_path), steps=2, **args))
+    path = tmp_path / "train_state.pt"
+    state = torch.load(path, weights_only=False)
+    old = json.loads(state["config"])
+    del old["prompt_mixer"]
+    state["config"] = json.dumps(old, sort_keys=True)
+    torch.save(state, path)
+    train(PLAIN, TrainArgs(out=str(tmp_path), steps=3, resume=True, **args))
+    assert torch.load(path, weights_only=False)["step"] == 3
+    with pytest.raises(ValueError, match="another config"):
+        train(MIXER, TrainArgs(out=str(tmp_path), steps=4, resume=True, **args))
