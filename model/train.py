@@ -115,6 +115,12 @@ def _optimizer(model: torch.nn.Module, args: TrainArgs, new_params: list[str]
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
 
 
+def _append_log(out: Path, entry: dict) -> None:
+    """One line in the run's log.jsonl, outside the training loop's open handle."""
+    with (out / "log.jsonl").open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
 def make_batch(data: MovingDigits, ae, rng: np.random.Generator, batch: int, frames: int,
                prompt_dropout: float, restore: float = 0.0
                ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
@@ -169,6 +175,7 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
     step, elapsed_before = 0, 0.0
     np_rng = np.random.default_rng([args.seed, rank])
     t_rng = torch.Generator().manual_seed(args.seed * 1000 + rank)
+    st = None
     if args.resume and state_path.exists():
         st = torch.load(state_path, map_location=device, weights_only=False)
         # compared as configs, not as text: a state saved before a field was added lacks
@@ -178,15 +185,12 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         new_params = st.get("new_params", [])
-        opt = _optimizer(model, args, new_params)
-        opt.load_state_dict(st["opt"])
         step, elapsed_before = st["step"], st.get("elapsed", 0.0)
         changed = {k: (v, getattr(args, k)) for k, v in st.get("args", {}).items()
                    if k not in _RUN_OPTIONS and getattr(args, k, v) != v}
         if changed and rank == 0:  # allowed (a recipe may change mid-run), but recorded
             tqdm.write(f"resuming at step {step} with changed options: {changed}")
-            with (out / "log.jsonl").open("a") as f:
-                f.write(json.dumps({"step": step, "changed": changed}) + "\n")
+            _append_log(out, {"step": step, "changed": changed})
         np_rng.bit_generator.state = st["np_rng"][rank] if rank < len(st["np_rng"]) else \
             np_rng.bit_generator.state
         t_rng.set_state(st["t_rng"].cpu())  # map_location moved it with the rest
@@ -195,12 +199,11 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
         new_params = grow_into(model, weights)
         grow_into(ema, ema_weights)
         if rank == 0:
-            note = {"step": 0, "init_from": args.init_from, "new": new_params}
             tqdm.write(f"started from {args.init_from}; new tensors: {len(new_params)}")
-            with (out / "log.jsonl").open("a") as f:
-                f.write(json.dumps(note) + "\n")
-    if not (args.resume and state_path.exists()):
-        opt = _optimizer(model, args, new_params)
+            _append_log(out, {"step": 0, "init_from": args.init_from, "new": new_params})
+    opt = _optimizer(model, args, new_params)
+    if st is not None:
+        opt.load_state_dict(st["opt"])
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -231,7 +234,8 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
     stop = _StopSignal()
     while step < args.steps and not stop.requested:
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, args) * group.get("lr_mult", 1.0)  # none: before 11-30
+            # an optimizer state saved before lr_mult existed loads groups without it
+            group["lr"] = _lr_at(step, args) * group.get("lr_mult", 1.0)
         batch, frames = step_shape(step, args, cfg.train_clip_frames)
         x0, prompts, prefix = make_batch(data, ae, np_rng, batch, frames, args.prompt_dropout,
                                          args.restore)
