@@ -184,13 +184,19 @@ class RecordsMixin(StoreBase):
         job_id = self.redis.get(self.keys.content(check_id(owner, "owner"), sha256))
         return None if job_id is None else text(job_id)
 
+    @staticmethod
+    def expiry_args(job_id: str, seconds: int, name: str = "seconds") -> list:
+        """The Lua ``expire_job`` arguments (scripts.EXPIRE_JOB): id, seconds, deadline,
+        ``expires_at``; ``name`` is what an error calls ``seconds``."""
+        check_id(job_id, "job id")
+        if seconds < 1:
+            raise ValueError(f"{name} must be >= 1, got {seconds}")
+        deadline = time.time() + seconds
+        return [job_id, int(seconds), deadline, dumps(int(deadline))]
+
     @redis_errors
     def expire_job(self, job_id: str, seconds: int) -> bool:
         """Let all of a job's keys expire in ``seconds`` (also sets ``expires_at``)."""
-        check_id(job_id, "job id")
-        if seconds < 1:
-            raise ValueError(f"seconds must be >= 1, got {seconds}")
-        deadline = time.time() + seconds
+        args = self.expiry_args(job_id, seconds)
         keys = self.keys.of_job(job_id)
-        return bool(self._script("expire", [keys[0], self.keys.expiring, *keys[1:]],
-                                 [job_id, int(seconds), deadline, dumps(int(deadline))]))
+        return bool(self._script("expire", [keys[0], self.keys.expiring, *keys[1:]], args))

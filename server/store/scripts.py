@@ -107,13 +107,21 @@ inherit_ttl(KEYS[2])
 return 1
 """
 
+# The record (KEYS[1]) and KEYS[from..] expire in ``seconds``; the record says when, and the
+# expiring index holds the deadline (JobQueue.expiry_args makes the last four arguments).
+EXPIRE_JOB = """
+local function expire_job(expiring, from, id, seconds, deadline, expires_at)
+  redis.call('HSET', KEYS[1], 'expires_at', expires_at)
+  redis.call('EXPIRE', KEYS[1], seconds)
+  for i = from, #KEYS do redis.call('EXPIRE', KEYS[i], seconds) end
+  redis.call('ZADD', expiring, deadline, id)
+end
+"""
+
 # KEYS: record, expiring, the job's other keys. ARGV: id, seconds, deadline, expires_at.
-EXPIRE = """
+EXPIRE = EXPIRE_JOB + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'expires_at', ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-for i = 3, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+expire_job(KEYS[2], 3, ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
 
@@ -203,7 +211,7 @@ return {'ok', cursor, state}
 # seconds, deadline, deadline as JSON]. 1: a fresh viewer (live), 0: none (detached), -1:
 # no record. With the optional part a detached session's keys get their expiry in the same
 # step (as EXPIRE does): a worker that dies after settling cannot leave it without one.
-SETTLE = """
+SETTLE = EXPIRE_JOB + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local v = redis.call('HMGET', KEYS[2], 'viewer', 'seen')
 if v[1] and tonumber(v[2]) and tonumber(v[2]) >= tonumber(ARGV[1]) - tonumber(ARGV[2]) then
@@ -212,11 +220,8 @@ if v[1] and tonumber(v[2]) and tonumber(v[2]) >= tonumber(ARGV[1]) - tonumber(AR
 end
 redis.call('HSET', KEYS[1], 'state', '"detached"')
 if #ARGV >= 6 then
-  redis.call('HSET', KEYS[1], 'expires_at', ARGV[6])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
-  for i = 4, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[3])
+  expire_job(KEYS[3], 4, ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 end
 return 0
 """

@@ -169,15 +169,11 @@ class SessionStore:
 
         With ``detached_ttl_s`` a session that settles detached gets, in the same step, the
         expiry :meth:`expire` would give it."""
-        now = time.time()
         keys = [self.queue.keys.job(sid), self.view_key(sid)]
-        args: list = [now, self.viewer_timeout_s]
+        args: list = [time.time(), self.viewer_timeout_s]
         if detached_ttl_s is not None:
-            if detached_ttl_s < 1:
-                raise ValueError(f"detached_ttl_s must be >= 1, got {detached_ttl_s}")
-            deadline = now + detached_ttl_s
             keys += [self.keys.expiring, self.ctl_key(sid), *self.keys.of_job(sid)[1:]]
-            args += [sid, int(detached_ttl_s), deadline, dumps(int(deadline))]
+            args += self.queue.expiry_args(sid, detached_ttl_s, "detached_ttl_s")
         return int(self._scripts["settle"](keys=keys, args=args))
 
     def poll(self, cursors: dict[str, str]) -> tuple[dict[str, ViewState],
