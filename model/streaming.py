@@ -60,6 +60,10 @@ class GenerationParams:
     # A stream keeps what its first frame drew, so a better frame 0 lifts the whole
     # stream, and it costs its extra passes once, not every frame (README model card)
     first_steps: int = 0
+    # guidance of frame 0 (None: ``guidance``). Later frames also have their past to go
+    # on and take a stronger pull to the prompt than frame 0 does, whose first draw it
+    # is (docs/demo-training.md, "Guidance 6 after frame 0")
+    first_guidance: float | None = None
 
     def __post_init__(self):
         if not 1 <= self.steps <= 1000:
@@ -70,12 +74,22 @@ class GenerationParams:
             raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
         if not 0.0 <= self.guidance <= 50.0:
             raise ValueError(f"guidance must be in [0, 50], got {self.guidance}")
+        if self.first_guidance is not None and not 0.0 <= self.first_guidance <= 50.0:
+            raise ValueError("first_guidance must be in [0, 50] (None: guidance), got "
+                             f"{self.first_guidance}")
         if not 0.0 <= self.context_noise < 1.0:
             raise ValueError(f"context_noise must be in [0, 1), got {self.context_noise}")
 
     @property
     def uses_cfg(self) -> bool:
-        return self.guidance != 1.0
+        """Whether any frame is guided (the session then keeps unconditional states)."""
+        return self.guidance != 1.0 or self.first_guidance not in (None, 1.0)
+
+    def guidance_at(self, frame_index: int) -> float:
+        """Guidance scale of frame ``frame_index``."""
+        if frame_index == 0 and self.first_guidance is not None:
+            return self.first_guidance
+        return self.guidance
 
     def steps_at(self, frame_index: int) -> int:
         """Sampling steps of frame ``frame_index``."""
@@ -336,7 +350,8 @@ class StreamGenerator:
         cond, states = self._group_inputs(sessions)
         x = self._noise(sessions)  # (n, C, H, W)
         if p.uses_cfg:
-            scale = torch.tensor([s.params.guidance for s in sessions], device=self.device)
+            scale = torch.tensor([s.params.guidance_at(s.frame_index) for s in sessions],
+                                 device=self.device)
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             if not p.uses_cfg:

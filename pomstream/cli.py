@@ -18,6 +18,8 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
                    help="sampling steps of frame 0 (0: --steps)")
     p.add_argument("--sampler", choices=["euler", "heun"], default=None)
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--first-guidance", dest="first_guidance", type=float, default=None,
+                   help="guidance scale of frame 0 (default: the card's, else --guidance)")
     p.add_argument("--context-noise", type=float, default=None,
                    help="noise level at which finished frames enter the state")
     p.add_argument("--device", default="cpu")
@@ -28,7 +30,8 @@ def _gen_params(args) -> dict:
     from pomstream.model.files import generation_defaults
 
     params = generation_defaults(args.model)
-    for key in ("steps", "first_steps", "sampler", "guidance", "context_noise"):
+    for key in ("steps", "first_steps", "sampler", "guidance", "first_guidance",
+                "context_noise"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     return params
@@ -110,13 +113,13 @@ def cmd_evaluate(args) -> int:
             raise ValueError("--input needs --prompt (the digits the video should show)")
         scores = ev.evaluate_file(args.input, args.prompt)
     else:
-        gen = _load_generator(args)
+        gen, params = _load_generator(args), _gen_params(args)
         last = args.frames
         windows = ((0, min(20, last)),) + (((last - 20, last),) if last > 40 else ())
         scores = ev.evaluate_generator(gen, args.videos, frames=last, windows=windows,
-                                       seed=args.seed, by_digits_report=True,
-                                       **_gen_params(args))
+                                       seed=args.seed, by_digits_report=True, **params)
         scores["reference"] = ev.reference_scores(videos=args.videos, seed=args.seed)
+        scores.update(model=str(args.model), params=params)  # what made these numbers
     text = json.dumps(scores, indent=2)
     print(text)
     if args.json:
@@ -127,12 +130,11 @@ def cmd_evaluate(args) -> int:
 def cmd_probe(args) -> int:
     from pomstream.model.probes import run_probes
 
-    gen = _load_generator(args)
+    gen, params = _load_generator(args), _gen_params(args)
     start = time.perf_counter()
     scores = run_probes(gen, seeds=args.seeds, stream_videos=args.streams,
-                        stream_frames=args.stream_frames, pairs=args.pairs,
-                        **_gen_params(args))
-    scores["model"] = str(args.model)
+                        stream_frames=args.stream_frames, pairs=args.pairs, **params)
+    scores.update(model=str(args.model), params=params)
     scores["total_seconds"] = round(time.perf_counter() - start, 1)
     text = json.dumps(scores, indent=2)
     print(text)
@@ -175,6 +177,8 @@ _SERVER_OPTIONS = {  # flag -> (Settings field, type, help); unset flags keep en
     "--threads": ("threads", int, "torch CPU threads (0: torch's default)"),
     "--steps": ("steps", int, "sampling steps per frame"),
     "--first-steps": ("first_steps", int, "sampling steps of a video's frame 0 (0: --steps)"),
+    "--guidance": ("guidance", float, "classifier-free guidance scale"),
+    "--first-guidance": ("first_guidance", float, "guidance scale of a video's frame 0"),
     "--storage-dir": ("storage_dir", str, "directory for finished videos"),
     "--max-sessions": ("max_sessions", int, "batch slots: jobs a worker steps together"),
     "--max-held": ("max_held", int, "jobs a worker holds, time-sliced (0: 4 x max-sessions)"),

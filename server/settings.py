@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     steps: int | None = Field(None, ge=1, le=1000)  # None: the model card's default
     first_steps: int | None = Field(None, ge=0, le=1000)  # frame 0's; 0: steps
     sampler: str | None = None
-    guidance: float | None = None
+    guidance: float | None = Field(None, ge=0, le=50)
+    first_guidance: float | None = Field(None, ge=0, le=50)  # frame 0's
     # HTTP
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -143,7 +144,7 @@ class Settings(BaseSettings):
         from pomstream.model.files import generation_defaults
 
         params = generation_defaults(self.model)
-        for key in ("steps", "first_steps", "sampler", "guidance"):
+        for key in ("steps", "first_steps", "sampler", "guidance", "first_guidance"):
             if getattr(self, key) is not None:
                 params[key] = getattr(self, key)
         return params

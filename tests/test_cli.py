@@ -63,3 +63,21 @@ def test_a_digit_model_refuses_other_prompts_with_an_example(tmp_path):
                   "--output", str(tmp_path / "x.mp4"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "pomstream generate: error:" in res.stderr and "digits 3 and 7" in res.stderr
+
+
+def test_evaluate_json_says_what_sampling_made_it(tmp_path):
+    """The card's sampling, overridden flag by flag (frame 0's guidance too), and recorded."""
+    import json
+
+    from pomstream.model.files import generation_defaults
+
+    out = tmp_path / "eval.json"
+    res = run_cli("evaluate", "--videos", "2", "--frames", "2", "--steps", "1",
+                  "--first-steps", "1", "--first-guidance", "2.5", "--threads", "1",
+                  "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    scores = json.loads(out.read_text())
+    assert scores["model"] == "demo" and scores["videos"] == 2
+    assert scores["params"] == {**generation_defaults("demo"), "steps": 1, "first_steps": 1,
+                                "first_guidance": 2.5}
+    assert 0.0 <= scores["window_0_2"]["prompt_accuracy"] <= 1.0

@@ -231,3 +231,34 @@ def test_first_frame_gets_its_own_step_count(tiny_model):
     assert np.array_equal(together[0], late_alone.next_frame())
     with pytest.raises(ValueError, match="first_steps"):
         gen.session("digit 1", first_steps=-1)
+
+
+def test_first_frame_gets_its_own_guidance(tiny_model):
+    """first_guidance: frame 0 guided at that scale, later frames at ``guidance``; a
+    session batched with others at other frames makes what it makes alone, and a
+    snapshot keeps the setting."""
+    from dataclasses import replace
+
+    gen = StreamGenerator(tiny_model)
+    s = gen.session("digits 4 and 2", seed=3, steps=2, guidance=5.0, first_guidance=2.0)
+    frames = [s.next_frame() for _ in range(3)]
+    ref = gen.session("digits 4 and 2", seed=3, steps=2, guidance=2.0)
+    expected = [ref.next_frame()]
+    ref.params = replace(ref.params, guidance=5.0)
+    expected += [ref.next_frame() for _ in range(2)]
+    assert all(np.array_equal(a, b) for a, b in zip(frames, expected, strict=True))
+    plain = gen.session("digits 4 and 2", seed=3, steps=2, guidance=5.0)
+    assert not np.array_equal(plain.next_frame(), frames[0])
+    # guided only at frame 0 still keeps the unconditional states it needs
+    only_first = gen.session("digit 7", seed=1, steps=2, first_guidance=3.0)
+    assert only_first.params.uses_cfg and only_first.states_uncond is not None
+    # frame 0 beside frame 3 in one step: the same frames as each alone
+    late = gen.restore(s.snapshot())
+    assert late.params.first_guidance == 2.0
+    late_alone = gen.restore(s.snapshot())
+    new = gen.session("digits 4 and 2", seed=3, steps=2, guidance=5.0, first_guidance=2.0)
+    together = gen.step([late, new])
+    assert np.array_equal(together[1], frames[0])
+    assert np.array_equal(together[0], late_alone.next_frame())
+    with pytest.raises(ValueError, match="first_guidance"):
+        gen.session("digit 1", first_guidance=-1.0)

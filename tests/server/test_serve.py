@@ -57,7 +57,7 @@ def test_sampling_settings_override_the_model_card(monkeypatch):
     from pomstream.server.settings import Settings
 
     for key in ("POMSTREAM_STEPS", "POMSTREAM_FIRST_STEPS", "POMSTREAM_SAMPLER",
-                "POMSTREAM_GUIDANCE"):
+                "POMSTREAM_GUIDANCE", "POMSTREAM_FIRST_GUIDANCE"):
         monkeypatch.delenv(key, raising=False)
     card = generation_defaults("demo")
     assert Settings().generation_params() == card
@@ -67,3 +67,8 @@ def test_sampling_settings_override_the_model_card(monkeypatch):
     assert Settings().generation_params()["first_steps"] == 0
     with pytest.raises(pydantic.ValidationError):
         Settings(first_steps=-1)
+    monkeypatch.setenv("POMSTREAM_FIRST_GUIDANCE", "2.5")
+    assert Settings(guidance=7).generation_params() == {
+        **card, "first_steps": 0, "guidance": 7, "first_guidance": 2.5}
+    with pytest.raises(pydantic.ValidationError):
+        Settings(first_guidance=51)
