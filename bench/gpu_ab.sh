@@ -16,18 +16,7 @@ B_SET=${B_SET:---set prompt_mixer=true}
 KEEP_EVERY=${KEEP_EVERY:-500}
 source bench/gpu_env.sh
 t0=$(date +%s)
-args=$(python3 - <<'PY'
-import torch
-a = torch.load("training/demo-v3/train_state.pt", weights_only=False, map_location="cpu")["args"]
-flags = {"batch": "--batch", "lr": "--lr", "warmup": "--warmup", "image_steps": "--image-steps",
-         "image_batch": "--image-batch", "image_every": "--image-every", "restore": "--restore",
-         "t_mean": "--t-mean", "t_uniform": "--t-uniform", "steps": "--steps"}
-out = [f"{flag} {a[k]}" for k, flag in flags.items() if a.get(k) is not None]
-if a.get("context_loss") is False:
-    out.append("--no-context-loss")
-print(" ".join(out))
-PY
-)
+args=$(python3 bench/recipe_args.py training/demo-v3/train_state.pt)
 echo "recipe: $args; b adds: $B_SET"
 limit=$(python3 -c "print(int($AB_MINUTES * 60 + 60))")
 for arm in a b; do

@@ -28,22 +28,9 @@ tail -n 3 "$check/gpu-tests.txt"
 run=/tmp/run
 mkdir -p "$run"
 cp "training/$RUN/train_state.pt" "training/$RUN/log.jsonl" "$run/"
-recipe=$(python3 -c "import json,torch; a=torch.load('$run/train_state.pt', weights_only=False,
-map_location='cpu')['args']; print(json.dumps(a))")
-echo "resuming $RUN: $recipe"
+echo "resuming $RUN: $(python3 bench/recipe_args.py "$run/train_state.pt" --json)"
 # the committed recipe, as stored in the state: every option that changes what is trained
-args=$(python3 - "$recipe" <<'PY'
-import json, sys
-a = json.loads(sys.argv[1])
-flags = {"batch": "--batch", "lr": "--lr", "warmup": "--warmup", "image_steps": "--image-steps",
-         "image_batch": "--image-batch", "image_every": "--image-every", "restore": "--restore",
-         "t_mean": "--t-mean", "t_uniform": "--t-uniform", "steps": "--steps"}
-out = [f"{flag} {a[k]}" for k, flag in flags.items() if a.get(k) is not None]
-if a.get("context_loss") is False:
-    out.append("--no-context-loss")
-print(" ".join(out))
-PY
-)
+args=$(python3 bench/recipe_args.py "$run/train_state.pt")
 TQDM_MININTERVAL=10 timeout -k 20 $(python3 -c "print(int($TRAIN_MINUTES * 60 + 40))") \
   python3 -m pomstream train --model pom-dit-demo --out "$run" $args --device "${DEVICE:-cuda}" \
   --ckpt-every 500 --log-every 50 --resume --max-minutes "$TRAIN_MINUTES" > "$OUT/train.log" 2>&1

@@ -79,11 +79,32 @@ def test_gpu_scripts_name_files_that_exist():
 
     root = Path(__file__).resolve().parents[1]
     named = set()
-    for script in ("bench/gpu_check.sh", "bench/gpu_session.sh"):
+    for script in ("bench/gpu_check.sh", "bench/gpu_session.sh", "bench/gpu_ab.sh"):
         text = (root / script).read_text()
         named |= set(re.findall(r"(?<![\w/])((?:tests|bench)/[\w/]+\.(?:py|sh))", text))
     assert "tests/kernels/test_kernels.py" in named and "bench/gpu_env.sh" in named
+    assert "bench/recipe_args.py" in named
     assert [p for p in sorted(named) if not (root / p).exists()] == []
+
+
+def test_recipe_args_turn_a_runs_options_into_train_flags():
+    """What the GPU scripts resume or repeat: the stored options as `train` flags, parsed
+    back to the same values by the train command's parser."""
+    import importlib.util
+    from pathlib import Path
+
+    from pomstream.cli import build_parser
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "recipe_args.py"
+    spec = importlib.util.spec_from_file_location("recipe_args", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    stored = {"batch": 16, "lr": 0.001, "image_steps": 3665, "t_mean": 0.3, "warmup": None,
+              "context_loss": False, "out": "runs/x", "ema": 0.999}
+    flags = " ".join(mod.recipe_flags(stored)).split()
+    args = build_parser().parse_args(["train", "--out", "o", *flags])
+    assert (args.batch, args.lr, args.image_steps, args.t_mean) == (16, 0.001, 3665, 0.3)
+    assert args.context_loss is False and args.warmup is None
 
 
 def test_kernel_benchmark_no_compile_skips_compile_variants(tmp_path):

@@ -205,60 +205,40 @@ def test_version_1_snapshot_of_per_position_states_still_restores():
         assert np.array_equal(a, b)
 
 
-def test_first_frame_gets_its_own_step_count(tiny_model):
-    """first_steps: frame 0 sampled with that many steps, later frames with ``steps``;
-    a session at frame 0 batched with one further on makes what each makes alone."""
+@pytest.mark.parametrize("own, frame0, later, bad", [
+    ({"steps": 1, "first_steps": 3}, {"steps": 3}, {"steps": 1}, {"first_steps": -1}),
+    ({"steps": 2, "guidance": 5.0, "first_guidance": 2.0}, {"guidance": 2.0},
+     {"guidance": 5.0}, {"first_guidance": -1.0}),
+], ids=["steps", "guidance"])
+def test_first_frame_gets_its_own_sampling(tiny_model, own, frame0, later, bad):
+    """first_steps / first_guidance: frame 0 sampled with its own setting, later frames
+    with the common one; a session at frame 0 batched with one further on makes what each
+    makes alone, and a snapshot keeps the setting."""
     from dataclasses import replace
 
     gen = StreamGenerator(tiny_model)
-    s = gen.session("digits 4 and 2", seed=3, steps=1, first_steps=3, guidance=2.0)
+    base = {"guidance": 2.0, **own}
+    s = gen.session("digits 4 and 2", seed=3, **base)
     frames = [s.next_frame() for _ in range(3)]
-    ref = gen.session("digits 4 and 2", seed=3, steps=3, guidance=2.0)
+    common = {k: v for k, v in base.items() if not k.startswith("first_")}
+    ref = gen.session("digits 4 and 2", seed=3, **{**common, **frame0})
     expected = [ref.next_frame()]
-    ref.params = replace(ref.params, steps=1)
+    ref.params = replace(ref.params, **later)
     expected += [ref.next_frame() for _ in range(2)]
     assert all(np.array_equal(a, b) for a, b in zip(frames, expected, strict=True))
-    plain = gen.session("digits 4 and 2", seed=3, steps=1, guidance=2.0).next_frame()
+    plain = gen.session("digits 4 and 2", seed=3, **common).next_frame()
     assert not np.array_equal(frames[0], plain)
-    # one session at frame 0 beside one at frame 3: two groups, same frames as alone
-    late = gen.session("digit 7", seed=5, steps=1, first_steps=3, guidance=2.0)
-    for _ in range(3):
-        late.next_frame()
-    late_alone = gen.restore(late.snapshot())
-    new = gen.session("digits 4 and 2", seed=3, steps=1, first_steps=3, guidance=2.0)
-    together = gen.step([late, new])
-    assert np.array_equal(together[1], frames[0])
-    assert np.array_equal(together[0], late_alone.next_frame())
-    with pytest.raises(ValueError, match="first_steps"):
-        gen.session("digit 1", first_steps=-1)
-
-
-def test_first_frame_gets_its_own_guidance(tiny_model):
-    """first_guidance: frame 0 guided at that scale, later frames at ``guidance``; a
-    session batched with others at other frames makes what it makes alone, and a
-    snapshot keeps the setting."""
-    from dataclasses import replace
-
-    gen = StreamGenerator(tiny_model)
-    s = gen.session("digits 4 and 2", seed=3, steps=2, guidance=5.0, first_guidance=2.0)
-    frames = [s.next_frame() for _ in range(3)]
-    ref = gen.session("digits 4 and 2", seed=3, steps=2, guidance=2.0)
-    expected = [ref.next_frame()]
-    ref.params = replace(ref.params, guidance=5.0)
-    expected += [ref.next_frame() for _ in range(2)]
-    assert all(np.array_equal(a, b) for a, b in zip(frames, expected, strict=True))
-    plain = gen.session("digits 4 and 2", seed=3, steps=2, guidance=5.0)
-    assert not np.array_equal(plain.next_frame(), frames[0])
-    # guided only at frame 0 still keeps the unconditional states it needs
-    only_first = gen.session("digit 7", seed=1, steps=2, first_guidance=3.0)
-    assert only_first.params.uses_cfg and only_first.states_uncond is not None
-    # frame 0 beside frame 3 in one step: the same frames as each alone
+    # one session at frame 0 beside one at frame 3: the same frames as each alone
     late = gen.restore(s.snapshot())
-    assert late.params.first_guidance == 2.0
+    assert late.params == s.params
     late_alone = gen.restore(s.snapshot())
-    new = gen.session("digits 4 and 2", seed=3, steps=2, guidance=5.0, first_guidance=2.0)
-    together = gen.step([late, new])
+    together = gen.step([late, gen.session("digits 4 and 2", seed=3, **base)])
     assert np.array_equal(together[1], frames[0])
     assert np.array_equal(together[0], late_alone.next_frame())
-    with pytest.raises(ValueError, match="first_guidance"):
-        gen.session("digit 1", first_guidance=-1.0)
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        gen.session("digit 1", **bad)
+
+
+def test_guided_frame_0_alone_keeps_unconditional_states(tiny_model):
+    session = StreamGenerator(tiny_model).session("digit 7", seed=1, first_guidance=3.0)
+    assert session.params.uses_cfg and session.states_uncond is not None
