@@ -16,7 +16,9 @@ question each, with the project's digit classifier as the judge:
     whose position comes with the seed, have about 0.7, not 1.
 ``two_digits``
     the same for frame 0 of random two-digit prompts (``pairs`` of them, two seeds
-    each): ``exact`` and ``recall``.
+    each): ``exact`` and ``recall``, and how the rest fail: ``one_of_two`` (one asked
+    digit and nothing else: one drawn twice, or the two on top of each other),
+    ``one_right_one_wrong``, ``none_right``.
 ``recovery``
     the blank trap: fold ``past`` blank or dimmed (x0.3) real frames into a session, then
     run ``frames`` frames with the prompt; ``recovered`` is the fraction of sessions whose
@@ -110,8 +112,15 @@ def two_digits(generator, prompts: int = 16, seeds: int = 2, classifier=None, se
     target = np.zeros((prompts, 1, 10), dtype=bool)
     for i, p in enumerate(pairs):
         target[i, 0, p] = True
+    hits = (present & target).sum(-1)  # right digits seen: 0, 1 or 2
+    extra = (present & ~target).sum(-1)  # digits seen that were not asked for
     return {"exact": float((present == target).all(-1).mean()),
-            "recall": float((present & target).sum(-1).mean() / 2)}
+            "recall": float(hits.mean() / 2),
+            # how the others fail: one asked digit and nothing else (one drawn twice, or
+            # the two on top of each other), one right and one wrong, none right
+            "one_of_two": float(((hits == 1) & (extra == 0)).mean()),
+            "one_right_one_wrong": float(((hits == 1) & (extra > 0)).mean()),
+            "none_right": float((hits == 0).mean())}
 
 
 def recovery(generator, sessions: int = 16, past: int = 3, frames: int = 12,

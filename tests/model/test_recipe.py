@@ -179,7 +179,10 @@ def test_probes_report_every_question():
     assert ff["change_across_seeds"] > 0 and len(ff["by_digit_exact"]) == 10
     # real frames: the seed's place moves more pixels than the digit at one place
     assert 0 < ff["real_change_across_prompts"] < ff["real_change_across_seeds"]
-    assert set(out["two_digits"]) == {"exact", "recall"}
+    pairs = out["two_digits"]
+    assert set(pairs) == {"exact", "recall", "one_of_two", "one_right_one_wrong", "none_right"}
+    assert sum(pairs[k] for k in ("one_of_two", "one_right_one_wrong", "none_right")) <= (
+        1 - pairs["exact"] + 1e-9)
     for key in ("recovery_blank", "recovery_dimmed"):
         assert 0 <= out[key]["recovered"] <= 1 and out[key]["frames"] == 12
     assert "window_0_6" in out["streams"] and "prompt_accuracy_by_digits" in out["streams"]
