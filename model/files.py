@@ -69,6 +69,23 @@ def generation_defaults(spec: str | Path) -> dict:
     return dict(json.loads(card.read_text()).get("generation", {}))
 
 
+# the fields of streaming.GenerationParams (a test keeps the two equal; this module
+# cannot import that one: it would bring torch into the API process)
+SAMPLING_KEYS = ("steps", "first_steps", "sampler", "guidance", "first_guidance",
+                 "context_noise")
+
+
+def generation_params(spec: str | Path, overrides) -> dict:
+    """The card's sampling settings, each replaced by the attribute of the same name of
+    ``overrides`` (command-line arguments, server settings) where that is set."""
+    params = generation_defaults(spec)
+    for key in SAMPLING_KEYS:
+        value = getattr(overrides, key, None)
+        if value is not None:
+            params[key] = value
+    return params
+
+
 def weights_digest(module) -> str:
     """Hash of a torch module's parameters and buffers: a session snapshot only restores
     into the same weights, a latent model only loads with the autoencoder it was trained

@@ -27,14 +27,9 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
 
 
 def _gen_params(args) -> dict:
-    from pomstream.model.files import generation_defaults
+    from pomstream.model.files import generation_params
 
-    params = generation_defaults(args.model)
-    for key in ("steps", "first_steps", "sampler", "guidance", "first_guidance",
-                "context_noise"):
-        if getattr(args, key) is not None:
-            params[key] = getattr(args, key)
-    return params
+    return generation_params(args.model, args)
 
 
 def _load_generator(args):

@@ -141,13 +141,9 @@ class Settings(BaseSettings):
 
     def generation_params(self) -> dict:
         """Sampling settings: the model card's defaults, overridden by these settings."""
-        from pomstream.model.files import generation_defaults
+        from pomstream.model.files import generation_params
 
-        params = generation_defaults(self.model)
-        for key in ("steps", "first_steps", "sampler", "guidance", "first_guidance"):
-            if getattr(self, key) is not None:
-                params[key] = getattr(self, key)
-        return params
+        return generation_params(self.model, self)
 
 
 def _one_of(key: str | None, keys: list[str]) -> bool:

@@ -242,3 +242,13 @@ def test_first_frame_gets_its_own_sampling(tiny_model, own, frame0, later, bad):
 def test_guided_frame_0_alone_keeps_unconditional_states(tiny_model):
     session = StreamGenerator(tiny_model).session("digit 7", seed=1, first_guidance=3.0)
     assert session.params.uses_cfg and session.states_uncond is not None
+
+
+def test_card_overrides_name_every_sampling_setting():
+    """The torch-free override reader (CLI and server settings) knows every field."""
+    from dataclasses import fields
+
+    from pomstream.model.files import SAMPLING_KEYS
+    from pomstream.model.streaming import GenerationParams
+
+    assert set(SAMPLING_KEYS) == {f.name for f in fields(GenerationParams)}
