@@ -57,7 +57,8 @@ def evaluate_generator(generator, prompts_or_n: int | Sequence[str], frames: int
     batched call per frame); only the frames inside a window are kept. ``gen_params``
     (steps, sampler, guidance, ...) go to ``generator.session``. With
     ``by_digits_report``, ``prompt_accuracy_by_digits`` gives each window's prompt accuracy
-    by the number of distinct digits asked for ("1", "2", "3").
+    by the number of distinct digits asked for ("1", "2", "3"), and ``per_video`` each
+    video's prompt, seed and its windows' accuracy, recall and identity stability.
     """
     windows = [(int(a), int(b)) for a, b in windows]
     for a, b in windows:
@@ -80,17 +81,22 @@ def evaluate_generator(generator, prompts_or_n: int | Sequence[str], frames: int
                     video.append(np.array(frame))  # a copy: the batch may be reused
     result: dict = {}
     by_digits: dict = {}  # prompt accuracy by how many digits the prompt asks for
+    per_video = [{"prompt": p, "seed": seed + i} for i, (p, _) in enumerate(pairs)]
     counts = [len(set(digits)) for _, digits in pairs]
     for (a, b), videos in kept.items():
         scores = [score_video(np.stack(v), digits, classifier)
                   for v, (_, digits) in zip(videos, pairs, strict=True)]
         result[f"window_{a}_{b}"] = average_scores(scores)
+        for row, sc in zip(per_video, scores, strict=True):
+            row[f"window_{a}_{b}"] = {k: round(sc[k], 4) for k in
+                                      ("prompt_accuracy", "digit_recall", "identity_stability")}
         by_digits[f"window_{a}_{b}"] = {
             str(n): average_scores(s for s, c in zip(scores, counts, strict=True) if c == n
                                    )["prompt_accuracy"]
             for n in sorted(set(counts))}
     if by_digits_report:
         result["prompt_accuracy_by_digits"] = by_digits
+        result["per_video"] = per_video
     result.update(videos=len(sessions), frames=last)
     return result
 

@@ -188,8 +188,15 @@ def test_evaluate_generator_on_real_clips(clf):
         assert out[key]["blank_fraction"] == 0.0
     prompts = ["digit 1", "digits 0 and 8"]
     out = evaluate_generator(FakeGenerator(10), prompts, frames=10, windows=((0, 10),),
-                             progress=False, classifier=clf)
+                             progress=False, classifier=clf, by_digits_report=True)
     assert out["videos"] == 2 and out["window_0_10"]["prompt_accuracy"] > 0.7
+    assert set(out["prompt_accuracy_by_digits"]["window_0_10"]) == {"1", "2"}
+    # each video's own scores, whose mean is the window's
+    rows = out["per_video"]
+    assert [(r["prompt"], r["seed"]) for r in rows] == [(p, i) for i, p in enumerate(prompts)]
+    for name in ("prompt_accuracy", "digit_recall", "identity_stability"):
+        mean = np.mean([r["window_0_10"][name] for r in rows])
+        assert mean == pytest.approx(out["window_0_10"][name], abs=1e-4)
     with pytest.raises(ValueError):
         evaluate_generator(FakeGenerator(10), 2, frames=10, windows=((5, 20),), progress=False)
 
