@@ -69,6 +69,19 @@ def _autoencoder_main(rest: list[str]) -> int:
     return 0
 
 
+def config_overrides(items: list[str] | None) -> dict:
+    """``--set key=value`` items as config overrides: numbers, true/false and lists are
+    JSON, anything else a plain string."""
+    overrides = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
 def cmd_train(args) -> int:
     import torch
 
@@ -77,14 +90,7 @@ def cmd_train(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        try:  # numbers, true/false and lists are JSON; anything else is a plain string
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    cfg = get_config(args.model, **overrides)
+    cfg = get_config(args.model, **config_overrides(args.set))
     known = {f.name for f in fields(TrainArgs)}
     targs = TrainArgs(**{k: v for k, v in vars(args).items() if k in known and v is not None})
     evaluate_fn = None

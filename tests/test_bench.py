@@ -105,6 +105,15 @@ def test_recipe_args_turn_a_runs_options_into_train_flags():
     args = build_parser().parse_args(["train", "--out", "o", *flags])
     assert (args.batch, args.lr, args.image_steps, args.t_mean) == (16, 0.001, 3665, 0.3)
     assert args.context_loss is False and args.warmup is None
+    # the model config: what differs from the registry entry comes back as --set
+    from pomstream.cli import config_overrides
+    from pomstream.model.config import get_config
+
+    cfg = get_config("pom-dit-demo", prompt_mixer=True, dim=96)
+    flags = " ".join(mod.config_flags(cfg.to_json())).split()
+    args = build_parser().parse_args(["train", "--out", "o", *flags])
+    assert get_config("pom-dit-demo", **config_overrides(args.set)) == cfg
+    assert mod.config_flags(get_config("pom-dit-demo").to_json()) == []
 
 
 def test_kernel_benchmark_no_compile_skips_compile_variants(tmp_path):
