@@ -57,6 +57,10 @@ class ModelConfig:
     # encoder only; the branch starts gated off, so a model without it can be grown into
     # one, see model.grow)
     prompt_mixer: bool = False
+    # what the pooled adaLN vector of the "digits" encoder holds: "set" (which digits and
+    # how many) or "count" (how many only; which digits then reaches the frame through
+    # the cross-PoM's digit tokens alone, so it needs prompt_mixer)
+    prompt_pooled: str = "set"
     # diffusion
     timestep_shift: float = 1.0
     train_clip_frames: int = 12
@@ -112,6 +116,11 @@ class ModelConfig:
             raise ValueError("prompt_encoder must be 'bytes' or 'digits'")
         if self.prompt_mixer and self.prompt_encoder != "digits":
             raise ValueError("prompt_mixer needs prompt_encoder='digits' (its digit tokens)")
+        if self.prompt_pooled not in ("set", "count"):
+            raise ValueError("prompt_pooled must be 'set' or 'count'")
+        if self.prompt_pooled == "count" and not self.prompt_mixer:
+            raise ValueError("prompt_pooled='count' needs prompt_mixer=true: the digit tokens "
+                             "are then the only way the digits reach the frame")
 
     @property
     def prompt_rules(self) -> PromptRules:
@@ -120,7 +129,8 @@ class ModelConfig:
 
 
 # fields introduced after models were shipped, with the value that reproduces the old model
-_ADDED_LATER = {"prompt_encoder": "bytes", "cond_norm": False, "prompt_mixer": False}
+_ADDED_LATER = {"prompt_encoder": "bytes", "cond_norm": False, "prompt_mixer": False,
+                "prompt_pooled": "set"}
 
 
 # autoencoder name -> (downsampling factor, latent channels; None: the frame's channels);

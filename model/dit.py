@@ -126,7 +126,8 @@ class DigitPromptEncoder(nn.Module):
     The prompt is parsed by :func:`model.prompts.parse_digit_prompt` (anything outside
     its grammar is a :class:`~pomstream.model.prompts.PromptError`) into how often each digit is
     named and how many digits there are; each digit and the count have a learned vector,
-    their sum goes through an MLP. The empty prompt (count 0) is the unconditional input.
+    their sum goes through an MLP (with ``cfg.prompt_pooled == "count"``, the count's
+    vector alone). The empty prompt (count 0) is the unconditional input.
 
     Digit tokens (for the blocks' cross-PoM, see :func:`split_cond`): row 1 + i is the
     learned token of the i-th named digit; rows of digits not named are exact zeros
@@ -137,14 +138,14 @@ class DigitPromptEncoder(nn.Module):
         super().__init__()
         d = cfg.prompt_dim
         self.rules = cfg.prompt_rules
-        self.digit = nn.Embedding(10, d)
+        self.digit = nn.Embedding(10, d) if cfg.prompt_pooled == "set" else None
         self.count = nn.Embedding(MAX_DIGITS + 1, d)
         self.mlp = mlp(d, 4 * d, cfg.dim)
         # unit-scale tokens (nn.Embedding's N(0, 1)): never all zeros, the padding value
         self.token = nn.Embedding(10, cfg.dim) if cfg.prompt_mixer else None
 
     def forward(self, prompts: list[str]) -> Tensor:
-        w = self.digit.weight
+        w = self.count.weight
         named = []
         for text in prompts:
             self.rules.check(text)  # its length first, then the grammar, as the API does
@@ -156,7 +157,10 @@ class DigitPromptEncoder(nn.Module):
                 counts[i, digit] += 1
             ids[i, : len(digits)] = torch.tensor(digits, dtype=torch.long)
         n = counts.sum(1).long().to(w.device)
-        pooled = self.mlp(counts.to(w) @ w + self.count(n))  # (B, D)
+        pooled = self.count(n)
+        if self.digit is not None:
+            pooled = pooled + counts.to(w) @ self.digit.weight
+        pooled = self.mlp(pooled)  # (B, D)
         if self.token is None:
             return pooled
         ids = ids.to(w.device)

@@ -141,6 +141,24 @@ def test_the_mixer_needs_the_digit_encoder():
         get_config("pom-dit-tiny", prompt_mixer=True)
 
 
+def test_a_count_only_pooled_vector_leaves_the_digits_to_the_tokens():
+    model = randomized_model(prompt_encoder="digits", prompt_mixer=True, prompt_pooled="count")
+    assert model.prompt.digit is None  # no digit vectors in the pooled path to train
+    pooled, tokens, _ = split_cond(model.encode_prompts(["digits 0 and 5", "digits 3 and 7",
+                                                         "digit 3"]))
+    assert torch.equal(pooled[0], pooled[1])  # same count, same vector
+    assert not torch.equal(pooled[0], pooled[2])  # the count is still read
+    assert not torch.equal(tokens[0], tokens[1])
+    x = torch.randn(1, 2, 1, 16, 16, dtype=torch.float64)
+    t = torch.rand(1, 2, dtype=torch.float64)
+    v = [model(x, t, model.encode_prompts([p])) for p in ("digits 0 and 5", "digits 3 and 7")]
+    assert not torch.allclose(v[0], v[1])  # the digits reach the frame through the tokens
+    with pytest.raises(ValueError, match="needs prompt_mixer"):
+        get_config("pom-dit-tiny", prompt_encoder="digits", prompt_pooled="count")
+    with pytest.raises(ValueError, match="'set' or 'count'"):
+        get_config("pom-dit-tiny", prompt_encoder="digits", prompt_pooled="digits")
+
+
 def test_a_run_saved_before_a_config_field_existed_resumes(tmp_path):
     """Its state's config JSON lacks prompt_mixer (added later): it means the default."""
     args = dict(batch=2, lr=1e-3, warmup=2, log_every=2, image_every=2, image_batch=4,
