@@ -80,10 +80,13 @@ class GenerationParams:
         if not 0.0 <= self.context_noise < 1.0:
             raise ValueError(f"context_noise must be in [0, 1), got {self.context_noise}")
 
-    @property
-    def uses_cfg(self) -> bool:
-        """Whether any frame is guided (the session then keeps unconditional states)."""
-        return self.guidance != 1.0 or self.first_guidance not in (None, 1.0)
+    def cfg_at(self, frame_index: int) -> bool:
+        """Whether frame ``frame_index`` runs the unconditional branch: when it or a later
+        frame is guided (the session keeps unconditional states until then; with guidance
+        on frame 0 alone, they are dropped after it)."""
+        if self.guidance != 1.0:
+            return True
+        return frame_index == 0 and self.first_guidance not in (None, 1.0)
 
     def guidance_at(self, frame_index: int) -> float:
         """Guidance scale of frame ``frame_index``."""
@@ -97,7 +100,8 @@ class GenerationParams:
 
     def batch_key(self, frame_index: int = 1) -> tuple:
         """Sessions whose next frame has the same key share every network call."""
-        return (self.steps_at(frame_index), self.sampler, self.context_noise, self.uses_cfg)
+        return (self.steps_at(frame_index), self.sampler, self.context_noise,
+                self.cfg_at(frame_index))
 
 
 class StreamSession:
@@ -115,7 +119,7 @@ class StreamSession:
         self.states = generator.model.empty_states(1, generator.device, generator.state_dtype)
         self.states_uncond = (generator.model.empty_states(1, generator.device,
                                                            generator.state_dtype)
-                              if params.uses_cfg else None)
+                              if params.cfg_at(0) else None)
         self.prompt = ""
         self.set_prompt(prompt)
 
@@ -181,7 +185,8 @@ class StreamSession:
                 tensors[f"{name}.{i}.count"].to(gen.device, gen.state_dtype))
                 for i in range(depth)]
             states = load("cond")
-            states_uncond = load("uncond") if params.uses_cfg else None
+            frame_index = int(header["frame_index"])
+            states_uncond = load("uncond") if params.cfg_at(frame_index) else None
             expected = gen.model.empty_states(1, gen.device, gen.state_dtype)
             for got, want in zip(states + (states_uncond or []), expected * 2, strict=False):
                 if header["version"] == 1 and got.count.dim() == 3 and want.count.shape[1] == 1:
@@ -195,8 +200,7 @@ class StreamSession:
             rng_state = tensors["rng"]
         except (KeyError, TypeError) as exc:
             raise SnapshotError(f"snapshot is incomplete: {exc}") from exc
-        self.params, self.seed, self.frame_index = params, int(header["seed"]), int(
-            header["frame_index"])
+        self.params, self.seed, self.frame_index = params, int(header["seed"]), frame_index
         self.states, self.states_uncond = states, states_uncond
         self.prompt, self._cond = header["prompt"], cond
         self.rng.set_state(rng_state)
@@ -299,7 +303,9 @@ class StreamGenerator:
         ``context_noise``. The sessions' random streams are not touched. Used to start
         from real or edited frames (e.g. the evaluation's blank-past test).
         """
-        if len(frames) != len(sessions) or len({s.params.batch_key() for s in sessions}) > 1:
+        if len(frames) != len(sessions) or len({(s.params.context_noise,
+                                                  s.params.cfg_at(s.frame_index))
+                                                 for s in sessions}) > 1:
             raise ValueError("fold needs one frame per session and one sampler setting")
         gray = np.asarray(frames)
         if gray.ndim == 4:
@@ -319,7 +325,7 @@ class StreamGenerator:
                     for layer in zip(*(getattr(s, attr) for s in sessions), strict=True)]
 
         states = stacked("states")
-        if sessions[0].params.uses_cfg:
+        if sessions[0].params.cfg_at(sessions[0].frame_index):
             empty = self.encode_prompt("")
             cond = torch.cat([cond, empty.expand(n, *empty.shape[1:])])  # 2n rows
             states = [PoMState.cat([a, b])
@@ -334,27 +340,29 @@ class StreamGenerator:
         ctx = x0
         if p.context_noise > 0:
             ctx = (1 - p.context_noise) * x0 + p.context_noise * self._noise(sessions)
-        reps = 2 if p.uses_cfg else 1
+        cfg = p.cfg_at(sessions[0].frame_index)  # the same for the group (batch_key)
+        reps = 2 if cfg else 1
         t_ctx = torch.full((n * reps,), p.context_noise, device=self.device, dtype=self.dtype)
         _, new = self.frame_step(ctx.repeat(reps, 1, 1, 1), t_ctx, cond, states)
         per_session = list(zip(*(st.split() for st in new), strict=True))  # [reps*n][depth]
         for i, s in enumerate(sessions):
-            s.states = [st.to_dtype(self.state_dtype) for st in per_session[i]]
-            if p.uses_cfg:
-                s.states_uncond = [st.to_dtype(self.state_dtype) for st in per_session[n + i]]
             s.frame_index += 1
+            s.states = [st.to_dtype(self.state_dtype) for st in per_session[i]]
+            s.states_uncond = ([st.to_dtype(self.state_dtype) for st in per_session[n + i]]
+                               if cfg and p.cfg_at(s.frame_index) else None)
             s.last_latent = x0[i]
 
     def _step_group(self, sessions: list[StreamSession]) -> np.ndarray:
         p, step = sessions[0].params, self.frame_step
         cond, states = self._group_inputs(sessions)
         x = self._noise(sessions)  # (n, C, H, W)
-        if p.uses_cfg:
+        cfg = p.cfg_at(sessions[0].frame_index)  # the same for the group (batch_key)
+        if cfg:
             scale = torch.tensor([s.params.guidance_at(s.frame_index) for s in sessions],
                                  device=self.device)
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
-            if not p.uses_cfg:
+            if not cfg:
                 return step(x, t, cond, states)[0]
             v, _ = step(torch.cat([x, x]), torch.cat([t, t]), cond, states)
             v_cond, v_uncond = v.chunk(2)

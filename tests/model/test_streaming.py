@@ -239,9 +239,30 @@ def test_first_frame_gets_its_own_sampling(tiny_model, own, frame0, later, bad):
         gen.session("digit 1", **bad)
 
 
-def test_guided_frame_0_alone_keeps_unconditional_states(tiny_model):
-    session = StreamGenerator(tiny_model).session("digit 7", seed=1, first_guidance=3.0)
-    assert session.params.uses_cfg and session.states_uncond is not None
+def test_guidance_on_frame_0_alone_drops_the_unconditional_branch_after_it(tiny_model):
+    """Unguided later frames need no unconditional states: they are dropped after frame 0
+    (half the network rows from frame 1 on), and the frames are what a session that keeps
+    them makes; a snapshot holds the conditional states only."""
+    from dataclasses import replace
+
+    gen = StreamGenerator(tiny_model)
+    session = gen.session("digit 7", seed=1, first_guidance=3.0)
+    assert session.params.cfg_at(0) and session.states_uncond is not None
+    frames = [session.next_frame() for _ in range(3)]
+    assert not session.params.cfg_at(1) and session.states_uncond is None
+    ref = gen.session("digit 7", seed=1, guidance=3.0)  # keeps unconditional states
+    expected = [ref.next_frame()]
+    ref.params = replace(ref.params, guidance=1.0)
+    expected += [ref.next_frame() for _ in range(2)]
+    assert all(np.array_equal(a, b) for a, b in zip(frames, expected, strict=True))
+    assert len(session.snapshot()) < len(ref.snapshot())
+    restored = gen.restore(session.snapshot())
+    assert restored.states_uncond is None
+    assert np.array_equal(restored.next_frame(), ref.next_frame())
+    # guided later frames keep them from frame 0 on, even with frame 0 unguided
+    later = gen.session("digit 7", seed=1, guidance=3.0, first_guidance=1.0)
+    later.next_frame()
+    assert later.states_uncond is not None
 
 
 def test_card_overrides_name_every_sampling_setting():
