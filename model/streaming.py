@@ -348,8 +348,9 @@ class StreamGenerator:
         for i, s in enumerate(sessions):
             s.frame_index += 1
             s.states = [st.to_dtype(self.state_dtype) for st in per_session[i]]
+            # per session: sessions guided differently share frame 0's group
             s.states_uncond = ([st.to_dtype(self.state_dtype) for st in per_session[n + i]]
-                               if cfg and p.cfg_at(s.frame_index) else None)
+                               if cfg and s.params.cfg_at(s.frame_index) else None)
             s.last_latent = x0[i]
 
     def _step_group(self, sessions: list[StreamSession]) -> np.ndarray:

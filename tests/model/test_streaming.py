@@ -263,6 +263,14 @@ def test_guidance_on_frame_0_alone_drops_the_unconditional_branch_after_it(tiny_
     later = gen.session("digit 7", seed=1, guidance=3.0, first_guidance=1.0)
     later.next_frame()
     assert later.states_uncond is not None
+    # batched at frame 0 with a session guided throughout, each keeps what it needs
+    alone = gen.session("digit 7", seed=1, guidance=3.0)
+    want = [alone.next_frame() for _ in range(2)]
+    first_only = gen.session("digit 7", seed=1, first_guidance=3.0)
+    both = gen.session("digit 7", seed=1, guidance=3.0)
+    gen.step([first_only, both])
+    assert first_only.states_uncond is None and both.states_uncond is not None
+    assert np.array_equal(gen.step([first_only, both])[1], want[1])
 
 
 def test_card_overrides_name_every_sampling_setting():
