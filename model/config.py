@@ -61,6 +61,11 @@ class ModelConfig:
     # how many) or "count" (how many only; which digits then reaches the frame through
     # the cross-PoM's digit tokens alone, so it needs prompt_mixer)
     prompt_pooled: str = "set"
+    # what the order of a prompt's digits means ("digits" encoder only): "any" (nothing)
+    # or "left_to_right" (trained on prompts that name the digits by their places, left
+    # first: model.data.MovingDigits; the encoder then reads which digit is named in which
+    # place, so two digits of a pair have different places to be drawn at)
+    prompt_order: str = "any"
     # diffusion
     timestep_shift: float = 1.0
     train_clip_frames: int = 12
@@ -121,6 +126,10 @@ class ModelConfig:
         if self.prompt_pooled == "count" and not self.prompt_mixer:
             raise ValueError("prompt_pooled='count' needs prompt_mixer=true: the digit tokens "
                              "are then the only way the digits reach the frame")
+        if self.prompt_order not in ("any", "left_to_right"):
+            raise ValueError("prompt_order must be 'any' or 'left_to_right'")
+        if self.prompt_order != "any" and self.prompt_encoder != "digits":
+            raise ValueError("prompt_order needs prompt_encoder='digits'")
 
     @property
     def prompt_rules(self) -> PromptRules:
@@ -130,7 +139,7 @@ class ModelConfig:
 
 # fields introduced after models were shipped, with the value that reproduces the old model
 _ADDED_LATER = {"prompt_encoder": "bytes", "cond_norm": False, "prompt_mixer": False,
-                "prompt_pooled": "set"}
+                "prompt_pooled": "set", "prompt_order": "any"}
 
 
 # autoencoder name -> (downsampling factor, latent channels; None: the frame's channels);

@@ -65,11 +65,25 @@ class Clip:
     prompt: str
 
 
+ORDERS = ("any", "left_to_right")
+
+
 class MovingDigits:
-    """Random clips of bouncing digits; every call to :meth:`sample` draws a new one."""
+    """Random clips of bouncing digits; every call to :meth:`sample` draws a new one.
+
+    ``order`` says what the order of the digits in a prompt means: "any" (nothing: the
+    digits are named in the order they were drawn) or "left_to_right" (named by their
+    left edges, left first, where all of them are first on screen): "digits 3 and 7" is a
+    3 left of a 7. An order gives each digit of a pair its own place to be drawn at; the
+    frames are the same whatever the order, only the prompt's order changes.
+    """
 
     def __init__(self, split: str = "train", size: int = 64, min_digits: int = 1,
-                 max_digits: int = 3, speed: tuple[float, float] = (1.0, 3.0)):
+                 max_digits: int = 3, speed: tuple[float, float] = (1.0, 3.0),
+                 order: str = "any"):
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, not {order!r}")
+        self.order = order
         # small sizes (test models) are rendered at 64x64 and average-pooled down
         self.canvas = size if size >= DIGIT else 64
         if self.canvas % size:
@@ -89,7 +103,11 @@ class MovingDigits:
         for d in digits:
             choices = np.flatnonzero(self.labels == d)
             images.append(self.images[rng.choice(choices)])
-        return Clip(self.render(rng, images, frames, starts), digits, prompt_for(digits))
+        video, paths = self._render(rng, images, frames, starts)
+        if self.order == "left_to_right":
+            shown = max(starts) if starts else 0  # the first frame with every digit on it
+            digits = [digits[i] for i in np.argsort(paths[:, shown, 1], kind="stable")]
+        return Clip(video, list(digits), prompt_for(digits))
 
     def restoring(self, rng: np.random.Generator, frames: int) -> tuple[Clip, int]:
         """A clip whose prompt must restore what its first frames lack: (clip, k).
@@ -113,15 +131,22 @@ class MovingDigits:
 
     def render(self, rng: np.random.Generator, images: list[np.ndarray], frames: int,
                starts: list[int] | None = None) -> np.ndarray:
+        """uint8 (frames, size, size): the images moving, image i from frame starts[i]."""
+        return self._render(rng, images, frames, starts)[0]
+
+    def _render(self, rng: np.random.Generator, images: list[np.ndarray], frames: int,
+                starts: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(frames, paths): ``paths[i, f]`` is image i's top-left (y, x) on the canvas."""
         span = self.canvas - DIGIT
         out = np.zeros((frames, self.canvas, self.canvas), dtype=np.uint8)
+        paths = np.zeros((len(images), frames, 2), dtype=int)
         for i, img in enumerate(images):
             first = starts[i] if starts else 0
             pos = rng.uniform(0, span, size=2)
             angle = rng.uniform(0, 2 * np.pi)
             vel = rng.uniform(*self.speed) * np.array([np.cos(angle), np.sin(angle)])
             for f in range(frames):
-                y, x = np.rint(pos).astype(int)
+                y, x = paths[i, f] = np.rint(pos).astype(int)
                 if f >= first:
                     view = out[f, y : y + DIGIT, x : x + DIGIT]
                     np.maximum(view, img, out=view)
@@ -134,7 +159,7 @@ class MovingDigits:
             k = self.canvas // self.size
             out = out.reshape(frames, self.size, k, self.size, k).mean((2, 4)).round()
             out = out.astype(np.uint8)
-        return out
+        return out, paths
 
     def batch(self, rng: np.random.Generator, batch: int, frames: int) -> list[Clip]:
         return [self.sample(rng, frames) for _ in range(batch)]

@@ -132,6 +132,11 @@ class DigitPromptEncoder(nn.Module):
     Digit tokens (for the blocks' cross-PoM, see :func:`split_cond`): row 1 + i is the
     learned token of the i-th named digit; rows of digits not named are exact zeros
     (the padding the cross-PoM masks out), so the empty prompt has none.
+
+    With ``cfg.prompt_order == "left_to_right"`` the order counts: a learned vector for
+    each (place, digit) joins the pooled sum, and a learned vector for each place joins
+    its digit's token. Both start at zero, so a model without them grows into one
+    (model.grow) computing what it did.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -143,6 +148,13 @@ class DigitPromptEncoder(nn.Module):
         self.mlp = mlp(d, 4 * d, cfg.dim)
         # unit-scale tokens (nn.Embedding's N(0, 1)): never all zeros, the padding value
         self.token = nn.Embedding(10, cfg.dim) if cfg.prompt_mixer else None
+        self.placed = self.place = None
+        if cfg.prompt_order == "left_to_right":
+            self.placed = nn.Embedding(MAX_DIGITS * 10, d)  # row 10 * place + digit
+            nn.init.zeros_(self.placed.weight)
+            if cfg.prompt_mixer:
+                self.place = nn.Embedding(MAX_DIGITS, cfg.dim)
+                nn.init.zeros_(self.place.weight)
 
     def forward(self, prompts: list[str]) -> Tensor:
         w = self.count.weight
@@ -160,11 +172,19 @@ class DigitPromptEncoder(nn.Module):
         pooled = self.count(n)
         if self.digit is not None:
             pooled = pooled + counts.to(w) @ self.digit.weight
+        ids = ids.to(w.device)
+        named_mask = (ids >= 0)[..., None]  # (B, 3, 1)
+        places = torch.arange(MAX_DIGITS, device=w.device)
+        if self.placed is not None:
+            rows = 10 * places + ids.clamp_min(0)
+            pooled = pooled + (self.placed(rows) * named_mask).sum(1)
         pooled = self.mlp(pooled)  # (B, D)
         if self.token is None:
             return pooled
-        ids = ids.to(w.device)
-        tokens = self.token(ids.clamp_min(0)) * (ids >= 0)[..., None]  # (B, 3, D)
+        tokens = self.token(ids.clamp_min(0))
+        if self.place is not None:
+            tokens = tokens + self.place(places)
+        tokens = tokens * named_mask  # (B, 3, D)
         return torch.cat([pooled[:, None], tokens.to(pooled.dtype)], 1)  # (B, 4, D)
 
 

@@ -128,7 +128,9 @@ def recovery(generator, sessions: int = 16, past: int = 3, frames: int = 12,
     """Fold ``past`` frames (a real clip's, times ``dim``: 0 = blank) into each session,
     then generate ``frames`` frames with the clip's prompt."""
     classifier = classifier or load_classifier()
-    data, rng = MovingDigits("test", size=generator.cfg.frame_size), np.random.default_rng(seed)
+    data = MovingDigits("test", size=generator.cfg.frame_size,
+                        order=generator.cfg.prompt_order)
+    rng = np.random.default_rng(seed)
     clips = [data.sample(rng, past) for _ in range(sessions)]
     group = [generator.session(c.prompt, seed=seed + i, **params) for i, c in enumerate(clips)]
     for f in range(past):

@@ -208,7 +208,7 @@ def train(cfg: ModelConfig, args: TrainArgs, evaluate_fn=None) -> Path:
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    data = MovingDigits("train", size=cfg.frame_size)
+    data = MovingDigits("train", size=cfg.frame_size, order=cfg.prompt_order)
     ae = build_autoencoder(cfg, device)
     amp = device.type == "cuda"
     log = (out / "log.jsonl").open("a") if rank == 0 else None

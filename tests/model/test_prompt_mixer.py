@@ -174,3 +174,28 @@ def test_a_run_saved_before_a_config_field_existed_resumes(tmp_path):
     assert torch.load(path, weights_only=False)["step"] == 3
     with pytest.raises(ValueError, match="another config"):
         train(MIXER, TrainArgs(out=str(tmp_path), steps=4, resume=True, **args))
+
+
+def test_an_ordered_encoder_reads_which_digit_is_named_where():
+    cfg = dict(prompt_encoder="digits", cond_norm=True, prompt_mixer=True)
+    ordered = randomized_model(prompt_order="left_to_right", **cfg)
+    for places in (ordered.prompt.placed.weight, ordered.prompt.place.weight):
+        with torch.no_grad():
+            places.normal_()  # trained: not the zeros they start at
+    cond = ordered.encode_prompts(["digits 3 and 7", "digits 7 and 3", "digit 3", ""])
+    pooled, tokens, mask = split_cond(cond)
+    assert not torch.allclose(pooled[0], pooled[1])  # same set, other places
+    assert not torch.allclose(tokens[0, 0], tokens[1, 1])  # the 3, first or second
+    assert mask.tolist()[2:] == [[True, False, False], [False] * 3]  # padding stays zero
+    assert torch.equal(tokens[3], torch.zeros_like(tokens[3]))
+    # a model without places grows into one that computes the same (places start at 0)
+    source = randomized_model(**cfg).float()
+    grown = VideoDiT(get_config("pom-dit-tiny", prompt_order="left_to_right", **cfg)).eval()
+    assert set(grow_into(grown, source.state_dict())) == {"prompt.placed.weight",
+                                                          "prompt.place.weight"}
+    x, t = torch.randn(2, 3, 1, 16, 16), torch.rand(2, 3)
+    prompts = ["digits 3 and 7", ""]
+    assert torch.equal(grown(x, t, grown.encode_prompts(prompts)),
+                       source(x, t, source.encode_prompts(prompts)))
+    with pytest.raises(ValueError, match="prompt_order needs"):
+        get_config("pom-dit-tiny", prompt_order="left_to_right")
