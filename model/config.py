@@ -134,7 +134,7 @@ class ModelConfig:
     @property
     def prompt_rules(self) -> PromptRules:
         """What this model's prompt encoder accepts (torch-free, see model.prompts)."""
-        return PromptRules(self.prompt_encoder, self.max_prompt_bytes)
+        return PromptRules(self.prompt_encoder, self.max_prompt_bytes, self.prompt_order)
 
 
 # fields introduced after models were shipped, with the value that reproduces the old model

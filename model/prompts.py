@@ -62,6 +62,7 @@ class PromptRules:
 
     encoder: str = "bytes"
     max_bytes: int = 64
+    order: str = "any"  # ModelConfig.prompt_order: what the order of the digits means
 
     def check(self, prompt: str) -> str:
         """The prompt unchanged, or PromptError saying why this model cannot read it."""
@@ -78,8 +79,11 @@ class PromptRules:
     def describe(self) -> dict:
         """For people and clients (``GET /v1/models``): what prompts work, with examples."""
         if self.encoder == "digits":
-            return {"kind": "digits", "max_digits": MAX_DIGITS,
-                    "grammar": "digit D | digits D and D | digits D, D and D (D = 0-9)",
-                    "examples": ["digit 4", EXAMPLE, "digits 1, 4 and 9"]}
+            out = {"kind": "digits", "max_digits": MAX_DIGITS,
+                   "grammar": "digit D | digits D and D | digits D, D and D (D = 0-9)",
+                   "examples": ["digit 4", EXAMPLE, "digits 1, 4 and 9"]}
+            if self.order == "left_to_right":
+                out["order"] = "the first frame shows the digits left to right as named"
+            return out
         return {"kind": "text", "max_bytes": self.max_bytes,
                 "examples": ["digit 4", EXAMPLE]}

@@ -169,6 +169,7 @@ class ModelInfo:
     fps: int
     max_prompt_bytes: int
     prompt_encoder: str = "bytes"
+    prompt_order: str = "any"
 
     @property
     def size(self) -> str:
@@ -176,7 +177,7 @@ class ModelInfo:
 
     @property
     def prompt_rules(self) -> PromptRules:
-        return PromptRules(self.prompt_encoder, self.max_prompt_bytes)
+        return PromptRules(self.prompt_encoder, self.max_prompt_bytes, self.prompt_order)
 
 
 def model_info(spec: str) -> ModelInfo:
@@ -187,4 +188,4 @@ def model_info(spec: str) -> ModelInfo:
     path = resolve(spec)
     cfg = get_config(str(spec)) if path is None else read_config(path)
     return ModelInfo(cfg.name, cfg.frame_size, cfg.frame_size, cfg.fps, cfg.max_prompt_bytes,
-                     cfg.prompt_encoder)
+                     cfg.prompt_encoder, cfg.prompt_order)

@@ -43,6 +43,10 @@ def test_prompt_rules_check_length_and_grammar():
         PromptRules("digits", 64).check("a cat")
     assert DIGITS.prompt_rules.describe()["examples"]
     assert get_config("pom-dit-demo").prompt_rules.encoder == "digits"
+    # a model trained on left-to-right prompts says so; one without an order says nothing
+    assert "order" not in DIGITS.prompt_rules.describe()
+    ordered = get_config("pom-dit-demo", prompt_order="left_to_right").prompt_rules
+    assert "left to right" in ordered.describe()["order"]
 
 
 def test_digit_encoder_separates_digits_and_refuses_text():
