@@ -10,6 +10,10 @@
 #   B_SET="--set prompt_mixer=true" AB_MINUTES=6 KEEP_EVERY=500
 #   cross-PoM with and without the digits in the pooled vector: A_SET="--set prompt_mixer=true"
 #   B_SET="--set prompt_mixer=true --set prompt_pooled=count"
+#   prompts that name the digits left to right: A_SET="--set prompt_mixer=true"
+#   B_SET="--set prompt_mixer=true --set prompt_order=left_to_right"
+# Each arm's pairs are also read blob by blob (training/demo-v7-order/scripts/pair_order.py:
+# drawn in the order named, reversed, one digit drawn twice): $OUT/{a,b}/pair_order.json.
 # A dry run here: DEVICE=cpu AB_MINUTES=0.3 KEEP_EVERY=2 PAIRS=2 SEEDS=1 OUT=/tmp/o bash bench/gpu_ab.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +52,9 @@ for arm in a b; do
     --device "${DEVICE:-cuda}" --pairs "${PAIRS:-48}" --seeds "${SEEDS:-8}" --steps 8 \
     --first-steps 16 --guidance 4 --sampler euler \
     --json "$OUT/$arm/probe.json" > "$OUT/$arm/probe.log" 2>&1 || tail -n 5 "$OUT/$arm/probe.log"
+  python3 training/demo-v7-order/scripts/pair_order.py "/tmp/ab/$arm/model_step$step.safetensors" \
+    --pairs "${PAIRS:-48}" --threads 8 > "$OUT/$arm/pair_order.json" 2> "$OUT/$arm/pair_order.log" \
+    || tail -n 5 "$OUT/$arm/pair_order.log"
 done
 python3 - "$OUT" "$step" <<'PY' | tee "$OUT/ab.txt"
 import json, sys
@@ -60,5 +67,11 @@ for arm in "ab":
     f, t = p["first_frame"], p["two_digits"]
     print(f"{arm} step {step}: single exact {f['exact']:.2f} no digit {f['no_digit']:.2f}; "
           f"pairs exact {t['exact']:.2f} recall {t['recall']:.2f}")
+    try:
+        o = json.load(open(f"{out}/{arm}/pair_order.json"))
+    except (OSError, ValueError):
+        print(arm, "no pair order"); continue
+    print(f"  pairs as two blobs {o['two_blobs']:.2f}: in order {o['in_order']}, "
+          f"reversed {o['reversed']}, one digit twice {o['same_twice']}")
 PY
 echo "total $(( $(date +%s) - t0 )) s"

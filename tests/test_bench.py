@@ -81,9 +81,11 @@ def test_gpu_scripts_name_files_that_exist():
     named = set()
     for script in ("bench/gpu_check.sh", "bench/gpu_session.sh", "bench/gpu_ab.sh"):
         text = (root / script).read_text()
-        named |= set(re.findall(r"(?<![\w/])((?:tests|bench)/[\w/]+\.(?:py|sh))", text))
+        named |= set(re.findall(r"(?<![\w/])((?:tests|bench|training)/[\w/.-]+\.(?:py|sh))",
+                                text))
     assert "tests/kernels/test_kernels.py" in named and "bench/gpu_env.sh" in named
     assert "bench/recipe_args.py" in named
+    assert "training/demo-v7-order/scripts/pair_order.py" in named
     assert [p for p in sorted(named) if not (root / p).exists()] == []
 
 
