@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields, replace
 
-from .prompts import PromptRules
+from .prompts import ORDERS, PromptRules
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,8 @@ class ModelConfig:
         if self.prompt_pooled == "count" and not self.prompt_mixer:
             raise ValueError("prompt_pooled='count' needs prompt_mixer=true: the digit tokens "
                              "are then the only way the digits reach the frame")
-        if self.prompt_order not in ("any", "left_to_right"):
-            raise ValueError("prompt_order must be 'any' or 'left_to_right'")
+        if self.prompt_order not in ORDERS:
+            raise ValueError(f"prompt_order must be one of {ORDERS}")
         if self.prompt_order != "any" and self.prompt_encoder != "digits":
             raise ValueError("prompt_order needs prompt_encoder='digits'")
 

@@ -17,6 +17,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from .prompts import ORDERS
+
 DIGIT = 28
 
 
@@ -65,9 +67,6 @@ class Clip:
     prompt: str
 
 
-ORDERS = ("any", "left_to_right")
-
-
 class MovingDigits:
     """Random clips of bouncing digits; every call to :meth:`sample` draws a new one.
 
@@ -107,7 +106,7 @@ class MovingDigits:
         if self.order == "left_to_right":
             shown = max(starts) if starts else 0  # the first frame with every digit on it
             digits = [digits[i] for i in np.argsort(paths[:, shown, 1], kind="stable")]
-        return Clip(video, list(digits), prompt_for(digits))
+        return Clip(video, digits, prompt_for(digits))
 
     def restoring(self, rng: np.random.Generator, frames: int) -> tuple[Clip, int]:
         """A clip whose prompt must restore what its first frames lack: (clip, k).

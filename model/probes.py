@@ -42,11 +42,17 @@ from .evaluate import evaluate_generator
 from .metrics import BLANK_PIXELS, INK
 
 
-def _frame0(generator, prompts: Sequence[str], seeds: Sequence[int], **params) -> np.ndarray:
+def frame0(generator, prompts: Sequence[str], seeds: Sequence[int], **params) -> np.ndarray:
     """uint8 gray (len(prompts), len(seeds), H, W): frame 0 of each (prompt, seed)."""
     sessions = [generator.session(p, seed=s, **params) for p in prompts for s in seeds]
     frames = np.stack(generator.step(sessions))[..., 0]
     return frames.reshape(len(prompts), len(seeds), *frames.shape[1:])
+
+
+def pair_prompts(n: int, seed: int = 0) -> list[list[int]]:
+    """The two-digit test's pairs: n sets of two different digits, smaller first."""
+    rng = np.random.default_rng(seed)
+    return [sorted(int(d) for d in rng.choice(10, size=2, replace=False)) for _ in range(n)]
 
 
 def _sets(probs: np.ndarray) -> np.ndarray:
@@ -79,7 +85,7 @@ def _real_frames(seeds: int, size: int) -> np.ndarray:
 def first_frame(generator, seeds: int = 8, classifier=None, **params) -> dict:
     classifier = classifier or load_classifier()
     digits = list(range(10))
-    frames = _frame0(generator, [prompt_for([d]) for d in digits], range(seeds), **params)
+    frames = frame0(generator, [prompt_for([d]) for d in digits], range(seeds), **params)
     probs = predict_digits(frames.reshape(-1, *frames.shape[2:]), classifier)
     probs = probs.reshape(10, seeds, 10)
     target = np.eye(10, dtype=bool)[:, None, :]  # (prompt, 1, digit)
@@ -103,10 +109,8 @@ def first_frame(generator, seeds: int = 8, classifier=None, **params) -> dict:
 def two_digits(generator, prompts: int = 16, seeds: int = 2, classifier=None, seed: int = 0,
                **params) -> dict:
     classifier = classifier or load_classifier()
-    rng = np.random.default_rng(seed)
-    pairs = [sorted(int(d) for d in rng.choice(10, size=2, replace=False))
-             for _ in range(prompts)]
-    frames = _frame0(generator, [prompt_for(p) for p in pairs], range(seeds), **params)
+    pairs = pair_prompts(prompts, seed)
+    frames = frame0(generator, [prompt_for(p) for p in pairs], range(seeds), **params)
     present = _sets(predict_digits(frames.reshape(-1, *frames.shape[2:]), classifier))
     present = present.reshape(prompts, seeds, 10)
     target = np.zeros((prompts, 1, 10), dtype=bool)

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 
 MAX_DIGITS = 3  # the most digits a Moving-digits clip holds
+# what the order of a prompt's digits means (ModelConfig.prompt_order, MovingDigits(order=))
+ORDERS = ("any", "left_to_right")
 EXAMPLE = "digits 3 and 7"
 _DIGIT_PROMPT = re.compile(
     r"(?:digits?\s+)?([0-9])(?:(?:\s*,\s*|\s+and\s+|\s*,\s*and\s+|\s+)([0-9]))?"

@@ -23,6 +23,7 @@ from scipy import ndimage
 from pomstream.model.checkpoint import load_model
 from pomstream.model.classifier import load_classifier, predict_digits
 from pomstream.model.data import prompt_for
+from pomstream.model.probes import frame0, pair_prompts
 from pomstream.model.streaming import StreamGenerator
 
 ap = argparse.ArgumentParser()
@@ -31,13 +32,11 @@ ap.add_argument("--pairs", type=int, default=48)
 ap.add_argument("--threads", type=int, default=1)
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
-rng = np.random.default_rng(0)  # model.probes.two_digits' pairs
-pairs = [sorted(int(d) for d in rng.choice(10, size=2, replace=False))
-         for _ in range(args.pairs)]
-gen = StreamGenerator(load_model(args.model))
-sessions = [gen.session(prompt_for(p), seed=s, steps=8, first_steps=16, guidance=6.0,
-                        first_guidance=4.0, sampler="euler") for p in pairs for s in range(2)]
-frames = np.stack(gen.step(sessions))[..., 0]  # (N, 64, 64) uint8
+pairs = pair_prompts(args.pairs)  # the probe's two-digit test
+frames = frame0(StreamGenerator(load_model(args.model)), [prompt_for(p) for p in pairs],
+                range(2), steps=8, first_steps=16, guidance=6.0, first_guidance=4.0,
+                sampler="euler")
+frames = frames.reshape(-1, *frames.shape[2:])  # (pairs x 2 seeds, H, W) uint8
 classifier = load_classifier()
 present = predict_digits(frames, classifier) > 0.5
 wanted = [p for p in pairs for _ in range(2)]
