@@ -20,6 +20,13 @@ PLAIN = get_config("pom-dit-tiny", prompt_encoder="digits", cond_norm=True)
 MIXER = get_config("pom-dit-tiny", prompt_encoder="digits", cond_norm=True, prompt_mixer=True)
 
 
+def same_up_to_rounding(a, b):
+    """Equal but for float32 rounding: two models with the same weights in other tensors
+    need not be bitwise equal on every CPU (the BLAS may sum in another order: 1.4e-6 seen
+    on a 2-core AMD EPYC, 0 on an Intel Xeon)."""
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_digit_tokens_name_each_digit_and_pad_with_zeros():
     model = VideoDiT(MIXER)
     cond = model.encode_prompts(["digit 4", "digits 3 and 3", "digits 1, 4 and 9", ""])
@@ -69,8 +76,8 @@ def test_a_grown_model_computes_what_its_source_did():
     assert not any(name.startswith("blocks.0.ada") for name in new)
     x, t = torch.randn(2, 3, 1, 16, 16), torch.rand(2, 3)
     prompts = ["digits 3 and 7", ""]
-    assert torch.equal(grown(x, t, grown.encode_prompts(prompts)),
-                       source(x, t, source.encode_prompts(prompts)))
+    same_up_to_rounding(grown(x, t, grown.encode_prompts(prompts)),
+                        source(x, t, source.encode_prompts(prompts)))
     frames = []
     for model in (source, grown):
         gen = StreamGenerator(model)
@@ -195,7 +202,7 @@ def test_an_ordered_encoder_reads_which_digit_is_named_where():
                                                           "prompt.place.weight"}
     x, t = torch.randn(2, 3, 1, 16, 16), torch.rand(2, 3)
     prompts = ["digits 3 and 7", ""]
-    assert torch.equal(grown(x, t, grown.encode_prompts(prompts)),
-                       source(x, t, source.encode_prompts(prompts)))
+    same_up_to_rounding(grown(x, t, grown.encode_prompts(prompts)),
+                        source(x, t, source.encode_prompts(prompts)))
     with pytest.raises(ValueError, match="prompt_order needs"):
         get_config("pom-dit-tiny", prompt_order="left_to_right")
