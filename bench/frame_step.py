@@ -27,21 +27,26 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def run(model_spec: str, frames: int, sessions: int, steps: int, device: str, dtype: str,
-        window: int = 10, guidance: float = 1.0) -> dict:
+        window: int = 10, guidance: float = 1.0, prompt: str | None = None,
+        layers: str = "joint") -> dict:
     model = load_model(model_spec, device=torch.device(device), dtype=DTYPES[dtype])
-    result = run_model(model, frames, sessions, steps, window, guidance)
+    result = run_model(model, frames, sessions, steps, window, guidance, prompt=prompt,
+                       layers=layers)
     return {**result, "dtype": dtype}
 
 
 def run_model(model, frames: int, sessions: int, steps: int, window: int = 10,
-              guidance: float = 1.0, generator: StreamGenerator | None = None) -> dict:
+              guidance: float = 1.0, generator: StreamGenerator | None = None,
+              prompt: str | None = None, layers: str = "joint") -> dict:
     """``sessions`` streams of ``model`` batched in one generator (or ``generator``) for
     ``frames`` frames: median frame-step times around frame 10 and over the last
-    ``window`` frames, state and snapshot bytes."""
+    ``window`` frames, state and snapshot bytes. Each stream's prompt is ``prompt``, else
+    a two-digit one; ``layers="digits"`` draws each named digit in its own stream."""
     dev = next(model.parameters()).device
     gen = generator or StreamGenerator(model)
-    batch = [gen.session(f"digits {i % 10} and {(3 * i) % 10}", seed=i, steps=steps,
-                         guidance=guidance) for i in range(sessions)]
+    batch = [gen.session(prompt if prompt is not None else f"digits {i % 10} and {(3 * i) % 10}",
+                         seed=i, steps=steps, guidance=guidance, layers=layers)
+             for i in range(sessions)]
     times = []
     for _ in tqdm(range(frames), desc=f"{sessions} session(s)", unit="frame"):
         sync(dev)
@@ -57,6 +62,8 @@ def run_model(model, frames: int, sessions: int, steps: int, window: int = 10,
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "tokens_per_frame": model.cfg.tokens_per_frame,
         "sessions": sessions,
+        "prompt": batch[0].prompt,
+        "layers": layers,
         "steps": steps,
         "guidance": guidance,
         "network_passes_per_frame": steps * (2 if guidance != 1.0 else 1) + 1,
@@ -78,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, nargs="+", default=[1])
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--prompt", default=None,
+                   help="every stream's prompt (default: a two-digit one per stream)")
+    p.add_argument("--layers", choices=["joint", "digits"], default="joint",
+                   help="digits: each named digit in its own stream, laid over each other")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")
     p.add_argument("--threads", type=int, default=0)
@@ -88,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = [run(args.model, args.frames, n, args.steps, args.device, args.dtype,
-                   guidance=args.guidance) for n in args.sessions]
+                   guidance=args.guidance, prompt=args.prompt, layers=args.layers)
+               for n in args.sessions]
     out = {"benchmark": "frame_step", "machine": describe(torch.device(args.device)),
            "date": time.strftime("%Y-%m-%d"), "results": results}
     for r in results:

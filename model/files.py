@@ -72,7 +72,7 @@ def generation_defaults(spec: str | Path) -> dict:
 # the fields of streaming.GenerationParams (a test keeps the two equal; this module
 # cannot import that one: it would bring torch into the API process)
 SAMPLING_KEYS = ("steps", "first_steps", "sampler", "guidance", "first_guidance",
-                 "context_noise")
+                 "context_noise", "layers")
 
 
 def generation_params(spec: str | Path, overrides) -> dict:

@@ -23,6 +23,10 @@ from dataclasses import dataclass
 MAX_DIGITS = 3  # the most digits a Moving-digits clip holds
 # what the order of a prompt's digits means (ModelConfig.prompt_order, MovingDigits(order=))
 ORDERS = ("any", "left_to_right")
+# how a stream draws a prompt's digits (GenerationParams.layers): "joint", the network
+# draws the whole prompt in one stream; "digits", one single-digit stream per named digit,
+# the frames laid over each other (model/layers.py)
+LAYERS = ("joint", "digits")
 EXAMPLE = "digits 3 and 7"
 _DIGIT_PROMPT = re.compile(
     r"(?:digits?\s+)?([0-9])(?:(?:\s*,\s*|\s+and\s+|\s*,\s*and\s+|\s+)([0-9]))?"
@@ -52,6 +56,16 @@ def parse_digit_prompt(text: str) -> list[int]:
             f"\"digit 4\", \"{EXAMPLE}\" or \"digits 1, 4 and 9\"; it cannot read "
             f"{_shorten(stripped)!r}")
     return [int(d) for d in m.groups() if d is not None]
+
+
+def layer_prompts(text: str) -> list[str]:
+    """The prompts of a digits prompt's layers: "digits 3 and 7" -> ["digit 3", "digit 7"]
+    (a digit named twice gets two layers); a prompt naming one digit or none is its own
+    single layer."""
+    digits = parse_digit_prompt(text)
+    if len(digits) <= 1:
+        return [text]
+    return [f"digit {d}" for d in digits]
 
 
 def _shorten(text: str, limit: int = 40) -> str:

@@ -23,8 +23,6 @@ into the same model, in any process, a session continues bit for bit.
 
 from __future__ import annotations
 
-import json
-import struct
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
@@ -39,15 +37,14 @@ from .diffusion import SAMPLERS, guided, make_sampler
 from .dit import VideoDiT
 from .files import weights_digest
 from .frame_step import FrameStep
+from .layers import LayeredSession, composite, is_layers_snapshot
 from .pom import PoMState
+from .prompts import LAYERS
+from .snapshots import SnapshotError, pack, unpack
 
 SNAPSHOT_MAGIC = b"POMSNAP\x00"
 SNAPSHOT_VERSION = 2  # 2: per-position states store one count per session, not per position
 READABLE_VERSIONS = (1, 2)  # a version-1 snapshot's per-position counts are folded to one
-
-
-class SnapshotError(ValueError):
-    """A snapshot that is corrupt, of another version, or of another model."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +61,10 @@ class GenerationParams:
     # on and take a stronger pull to the prompt than frame 0 does, whose first draw it
     # is (docs/demo-training.md, "Guidance 6 after frame 0")
     first_guidance: float | None = None
+    # "joint": the network draws the whole prompt in one stream; "digits" (models that
+    # read the digits grammar): one stream per named digit, their frames laid over each
+    # other, as the training clips are made (model/layers.py)
+    layers: str = "joint"
 
     def __post_init__(self):
         if not 1 <= self.steps <= 1000:
@@ -77,6 +78,8 @@ class GenerationParams:
         if self.first_guidance is not None and not 0.0 <= self.first_guidance <= 50.0:
             raise ValueError("first_guidance must be in [0, 50] (None: guidance), got "
                              f"{self.first_guidance}")
+        if self.layers not in LAYERS:
+            raise ValueError(f"layers must be one of {list(LAYERS)}, got {self.layers!r}")
         if not 0.0 <= self.context_noise < 1.0:
             raise ValueError(f"context_noise must be in [0, 1), got {self.context_noise}")
 
@@ -165,8 +168,7 @@ class StreamSession:
             for i, st in enumerate(states or []):
                 tensors[f"{name}.{i}.total"] = st.total.detach().cpu().contiguous()
                 tensors[f"{name}.{i}.count"] = st.count.detach().cpu().contiguous()
-        head = json.dumps(header, sort_keys=True).encode()
-        return SNAPSHOT_MAGIC + struct.pack("<I", len(head)) + head + st_save(tensors)
+        return pack(SNAPSHOT_MAGIC, header, st_save(tensors))
 
     def restore(self, data: bytes) -> None:
         """Replace this session's whole state with a snapshot of the same model."""
@@ -207,23 +209,11 @@ class StreamSession:
 
 
 def _parse_snapshot(data: bytes) -> tuple[dict, dict[str, Tensor]]:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise SnapshotError("a snapshot is bytes")
-    data = bytes(data)
-    if not data.startswith(SNAPSHOT_MAGIC) or len(data) < len(SNAPSHOT_MAGIC) + 4:
-        raise SnapshotError("not a pomstream session snapshot")
-    start = len(SNAPSHOT_MAGIC)
-    (n,) = struct.unpack("<I", data[start : start + 4])
+    header, payload = unpack(data, SNAPSHOT_MAGIC, "pomstream.session", READABLE_VERSIONS)
     try:
-        header = json.loads(data[start + 4 : start + 4 + n])
-        tensors = st_load(data[start + 4 + n :])
+        tensors = st_load(payload)
     except Exception as exc:  # noqa: BLE001 - any decoding failure means a corrupt snapshot
         raise SnapshotError(f"corrupt snapshot: {exc}") from exc
-    if header.get("format") != "pomstream.session":
-        raise SnapshotError("not a pomstream session snapshot")
-    if header.get("version") not in READABLE_VERSIONS:
-        raise SnapshotError(f"snapshot version {header.get('version')} is not supported "
-                            f"(this build reads versions {READABLE_VERSIONS})")
     return header, tensors
 
 
@@ -250,11 +240,21 @@ class StreamGenerator:
             self._digest = weights_digest(self.model)
         return self._digest
 
-    def session(self, prompt: str, seed: int = 0, **params) -> StreamSession:
-        return StreamSession(self, prompt, seed, GenerationParams(**params))
+    def session(self, prompt: str, seed: int = 0, **params) -> StreamSession | LayeredSession:
+        p = GenerationParams(**params)
+        if p.layers == "joint":
+            return StreamSession(self, prompt, seed, p)
+        if self.cfg.prompt_encoder != "digits":
+            raise ValueError(f"layers={p.layers!r} needs a model that reads the digits "
+                             f"grammar; {self.cfg.name!r} reads {self.cfg.prompt_encoder!r}")
+        return LayeredSession(self, prompt, seed, p)
 
-    def restore(self, data: bytes) -> StreamSession:
+    def restore(self, data: bytes) -> StreamSession | LayeredSession:
         """A session continued from ``snapshot()`` bytes."""
+        if is_layers_snapshot(data):
+            session = LayeredSession(self, "", 0, GenerationParams(layers="digits"))
+            session.restore(data)
+            return session
         header, _ = _parse_snapshot(data)
         session = StreamSession(self, "", 0, GenerationParams(**header["params"]))
         session.restore(data)
@@ -274,10 +274,23 @@ class StreamGenerator:
         return vec
 
     @torch.no_grad()
-    def step(self, sessions: list[StreamSession]) -> list[np.ndarray]:
-        """Advance each session by one frame; frames come back in the order given."""
+    def step(self, sessions: list[StreamSession | LayeredSession]) -> list[np.ndarray]:
+        """Advance each session by one frame; frames come back in the order given (a
+        layered session's layers are stepped with the rest, its frame is their composite)."""
         if len({id(s) for s in sessions}) != len(sessions):
             raise ValueError("a session appears twice in one step")
+        flat, spans = _flatten(sessions)
+        frames = self._step_plain(flat)
+        out = []
+        for s, (a, b) in zip(sessions, spans, strict=True):
+            if isinstance(s, LayeredSession):
+                s.frame_index += 1
+                out.append(composite(frames[a:b]))
+            else:
+                out.append(frames[a])
+        return out
+
+    def _step_plain(self, sessions: list[StreamSession]) -> list[np.ndarray]:
         frames: list[np.ndarray | None] = [None] * len(sessions)
         groups: dict[tuple, list[int]] = {}
         for i, s in enumerate(sessions):
@@ -295,14 +308,26 @@ class StreamGenerator:
         return x.to(self.device, self.dtype)
 
     @torch.no_grad()
-    def fold(self, sessions: list[StreamSession], frames: np.ndarray) -> None:
+    def fold(self, sessions: list[StreamSession | LayeredSession], frames: np.ndarray) -> None:
         """Fold given frames into the sessions' pasts, as if each session had made them.
 
         ``frames`` is uint8 (n, H, W) gray or (n, H, W, 3), one frame per session (same
         sampler settings); each is encoded and folded in at noise level
-        ``context_noise``. The sessions' random streams are not touched. Used to start
-        from real or edited frames (e.g. the evaluation's blank-past test).
+        ``context_noise`` (into every layer of a layered session). The sessions' random
+        streams are not touched. Used to start from real or edited frames (e.g. the
+        evaluation's blank-past test).
         """
+        if len(frames) != len(sessions):
+            raise ValueError("fold needs one frame per session")
+        flat, spans = _flatten(sessions)
+        frames = np.asarray(frames)
+        self._fold_plain(flat, np.concatenate([frames[i : i + 1].repeat(b - a, axis=0)
+                                               for i, (a, b) in enumerate(spans)]))
+        for s in sessions:
+            if isinstance(s, LayeredSession):
+                s.frame_index += 1
+
+    def _fold_plain(self, sessions: list[StreamSession], frames: np.ndarray) -> None:
         if len(frames) != len(sessions) or len({(s.params.context_noise,
                                                   s.params.cfg_at(s.frame_index))
                                                  for s in sessions}) > 1:
@@ -373,3 +398,14 @@ class StreamGenerator:
         x0 = make_sampler(p.sampler, steps, self.cfg.timestep_shift).sample(velocity, x)
         self._fold_latents(sessions, x0, cond, states)
         return self.autoencoder.decode(x0)
+
+
+def _flatten(sessions) -> tuple[list[StreamSession], list[tuple[int, int]]]:
+    """The plain sessions behind ``sessions`` (a layered one's layers in order) and each
+    session's [start, end) among them."""
+    flat, spans = [], []
+    for s in sessions:
+        start = len(flat)
+        flat.extend(s.layers if isinstance(s, LayeredSession) else [s])
+        spans.append((start, len(flat)))
+    return flat, spans

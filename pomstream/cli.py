@@ -20,6 +20,9 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--first-guidance", dest="first_guidance", type=float, default=None,
                    help="guidance scale of frame 0 (default: the card's, else --guidance)")
+    p.add_argument("--layers", choices=["joint", "digits"], default=None,
+                   help="digits: one stream per named digit, laid over each other "
+                        "(default: the card's, else joint)")
     p.add_argument("--context-noise", type=float, default=None,
                    help="noise level at which finished frames enter the state")
     p.add_argument("--device", default="cpu")
@@ -180,6 +183,8 @@ _SERVER_OPTIONS = {  # flag -> (Settings field, type, help); unset flags keep en
     "--first-steps": ("first_steps", int, "sampling steps of a video's frame 0 (0: --steps)"),
     "--guidance": ("guidance", float, "classifier-free guidance scale"),
     "--first-guidance": ("first_guidance", float, "guidance scale of a video's frame 0"),
+    "--layers": ("layers", str, "joint, or digits: one stream per named digit, laid over "
+                 "each other"),
     "--storage-dir": ("storage_dir", str, "directory for finished videos"),
     "--max-sessions": ("max_sessions", int, "batch slots: jobs a worker steps together"),
     "--max-held": ("max_held", int, "jobs a worker holds, time-sliced (0: 4 x max-sessions)"),

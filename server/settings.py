@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     sampler: str | None = None
     guidance: float | None = Field(None, ge=0, le=50)
     first_guidance: float | None = Field(None, ge=0, le=50)  # frame 0's
+    # "digits": one stream per named digit, laid over each other (model/layers.py)
+    layers: Literal["joint", "digits"] | None = None
     # HTTP
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -73,11 +73,11 @@ def test_evaluate_json_says_what_sampling_made_it(tmp_path):
 
     out = tmp_path / "eval.json"
     res = run_cli("evaluate", "--videos", "2", "--frames", "2", "--steps", "1",
-                  "--first-steps", "1", "--first-guidance", "2.5", "--threads", "1",
-                  "--json", str(out))
+                  "--first-steps", "1", "--first-guidance", "2.5", "--layers", "digits",
+                  "--threads", "1", "--json", str(out))
     assert res.returncode == 0, res.stderr
     scores = json.loads(out.read_text())
     assert scores["model"] == "demo" and scores["videos"] == 2
     assert scores["params"] == {**generation_defaults("demo"), "steps": 1, "first_steps": 1,
-                                "first_guidance": 2.5}
+                                "first_guidance": 2.5, "layers": "digits"}
     assert 0.0 <= scores["window_0_2"]["prompt_accuracy"] <= 1.0

@@ -57,7 +57,7 @@ def test_sampling_settings_override_the_model_card(monkeypatch):
     from pomstream.server.settings import Settings
 
     for key in ("POMSTREAM_STEPS", "POMSTREAM_FIRST_STEPS", "POMSTREAM_SAMPLER",
-                "POMSTREAM_GUIDANCE", "POMSTREAM_FIRST_GUIDANCE"):
+                "POMSTREAM_GUIDANCE", "POMSTREAM_FIRST_GUIDANCE", "POMSTREAM_LAYERS"):
         monkeypatch.delenv(key, raising=False)
     card = generation_defaults("demo")
     assert Settings().generation_params() == card
@@ -72,3 +72,7 @@ def test_sampling_settings_override_the_model_card(monkeypatch):
         **card, "first_steps": 0, "guidance": 7, "first_guidance": 2.5}
     with pytest.raises(pydantic.ValidationError):
         Settings(first_guidance=51)
+    monkeypatch.setenv("POMSTREAM_LAYERS", "joint")
+    assert Settings().generation_params()["layers"] == "joint"
+    with pytest.raises(pydantic.ValidationError):
+        Settings(layers="pixels")
