@@ -62,11 +62,14 @@ def run_model(model, frames: int, sessions: int, steps: int, window: int = 10,
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "tokens_per_frame": model.cfg.tokens_per_frame,
         "sessions": sessions,
-        "prompt": batch[0].prompt,
+        "prompts": sorted({s.prompt for s in batch}),
         "layers": layers,
+        # network streams per session: one, or one per named digit with layers="digits"
+        "streams_per_session": round(sum(len(getattr(s, "layers", [s])) for s in batch)
+                                     / sessions, 3),
         "steps": steps,
         "guidance": guidance,
-        "network_passes_per_frame": steps * (2 if guidance != 1.0 else 1) + 1,
+        "network_passes_per_frame": steps * (2 if guidance != 1.0 else 1) + 1,  # a stream's
         "frames": frames,
         "ms_per_frame_step_at_10": round(ms_early, 3),
         f"ms_per_frame_step_at_{frames}": round(ms_late, 3),

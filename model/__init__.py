@@ -12,7 +12,7 @@ _LAZY = {
     "ModelConfig": "config", "REGISTRY": "config", "get_config": "config",
     "load_model": "checkpoint", "save_model": "checkpoint",
     "StreamGenerator": "streaming", "StreamSession": "streaming",
-    "GenerationParams": "streaming", "SnapshotError": "streaming",
+    "GenerationParams": "streaming", "SnapshotError": "snapshots",
 }
 __all__ = list(_LAZY)
 

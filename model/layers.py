@@ -14,12 +14,14 @@ A :class:`LayeredSession` has the interface of a
 :class:`~pomstream.model.streaming.StreamSession` (``next_frame``, ``set_prompt``,
 ``snapshot``, ``fork``, ``frame_index``, ``prompt``), so the server runs it as any session:
 
-- layer 0 has the session's seed, so a prompt naming one digit (or none) makes exactly the
-  frames a joint session makes; layer j >= 1 draws from a seed derived from (seed, j);
-- a prompt change keeps the layers of the digits still named (with their states) and
-  starts a new layer for each digit newly named: its frame 0 is drawn from its prompt
-  alone, so the digit appears in the stream; the empty prompt keeps every layer (the
-  unconditional model continues each);
+- the first layer has the session's seed, so a prompt naming one digit (or none) makes
+  exactly the frames a joint session makes; the j-th layer created draws from
+  ``layer_seed(seed, j)`` (the seed must be >= 0);
+- a prompt change keeps the layers of the digits still named (with their states; layers
+  are matched by digit, not by wording) and starts a new layer for each digit newly
+  named: its frame 0 is drawn from its prompt alone, so the digit appears in the stream;
+  the empty prompt lets every layer go on unprompted (each keeps its digit, to be named
+  again), and a layer begun unprompted takes the first digit named later;
 - :meth:`~pomstream.model.streaming.StreamGenerator.fold` folds a given frame into every
   layer (the blank-past test folds blank frames);
 - a snapshot holds every layer's own snapshot; restored into the same model, the session
@@ -32,7 +34,7 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
-from .prompts import layer_prompts
+from .prompts import parse_digit_prompt
 from .snapshots import SnapshotError, is_kind, pack, unpack
 
 # The generator (model/streaming.py) makes layered sessions and steps their layers; this
@@ -46,7 +48,7 @@ def layer_seed(seed: int, j: int) -> int:
     """Seed of the j-th layer a session creates (layer 0: the session's own seed)."""
     if j == 0:
         return seed
-    return int(np.random.SeedSequence([seed, j]).generate_state(1, np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence([seed % 2**64, j]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class LayeredSession:
@@ -54,11 +56,14 @@ class LayeredSession:
     layers="digits")``."""
 
     def __init__(self, generator, prompt: str, seed: int, params):
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"a layered session's seed is an integer >= 0, got {seed!r}")
         self.generator = generator
         self.params = params
         self.seed = seed
         self.frame_index = 0
         self.layers: list = []  # a plain StreamSession per layer
+        self.digits: list[int | None] = []  # each layer's digit (None: begun unprompted)
         self.created = 0  # layers created so far: the next one's index for its seed
         self.prompt = ""
         self.set_prompt(prompt)
@@ -75,33 +80,50 @@ class LayeredSession:
 
     def set_prompt(self, prompt: str) -> None:
         """Change what the next frames show: layers of digits still named go on, newly
-        named digits get a new layer, layers of digits no longer named end."""
+        named digits get a new layer (or an unprompted one), layers of digits no longer
+        named end; the empty prompt lets every layer go on unprompted. Layers are matched
+        by digit, so "3", "digit 3" and "Digit 3" are the same layer."""
         self.generator.encode_prompt(prompt)  # refuses what the model cannot read
-        if not prompt.strip() and self.layers:
+        wanted = parse_digit_prompt(prompt)
+        if not wanted:
+            if not self.layers:
+                self.layers, self.digits = [self._new_layer("")], [None]
             for layer in self.layers:
-                layer.set_prompt(prompt)
-        else:
-            free = list(self.layers)
-            kept = []
-            for want in layer_prompts(prompt):
-                match = next((layer for layer in free if layer.prompt == want), None)
-                if match is None:
-                    kept.append(self._new_layer(want))
-                else:
-                    free.remove(match)
-                    kept.append(match)
-            self.layers = kept
-        self.prompt = prompt
+                layer.set_prompt("")
+            self.prompt = prompt
+            return
+        free = list(range(len(self.layers)))
+        picks: list[int | None] = []
+        for d in wanted:  # a layer that drew this digit, else one begun unprompted
+            j = next((j for j in free if self.digits[j] == d), None)
+            if j is not None:
+                free.remove(j)
+            picks.append(j)
+        for k in range(len(wanted)):
+            if picks[k] is None:
+                picks[k] = next((j for j in free if self.digits[j] is None), None)
+                if picks[k] is not None:
+                    free.remove(picks[k])
+        layers, digits = [], []
+        for d, j in zip(wanted, picks, strict=True):
+            layer = self._new_layer(f"digit {d}") if j is None else self.layers[j]
+            layer.set_prompt(f"digit {d}")
+            layers.append(layer)
+            digits.append(d)
+        self.layers, self.digits, self.prompt = layers, digits, prompt
 
     def next_frame(self) -> np.ndarray:
         """The next frame, uint8 RGB (H, W, 3)."""
         return self.generator.step([self])[0]
 
     def fork(self, seed: int | None = None) -> LayeredSession:
-        """An independent copy; with ``seed`` every layer's random stream is re-seeded."""
+        """An independent copy; with ``seed`` the j-th layer (in the current order) draws
+        from ``layer_seed(seed, j)``, and later layers from the indexes after those."""
         other = self.generator.restore(self.snapshot())
         if seed is not None:
-            other.seed = seed
+            if not isinstance(seed, int) or seed < 0:
+                raise ValueError(f"a layered session's seed is an integer >= 0, got {seed!r}")
+            other.seed, other.created = seed, len(other.layers)
             for j, layer in enumerate(other.layers):
                 layer.seed = layer_seed(seed, j)
                 layer.rng.manual_seed(layer.seed)
@@ -123,6 +145,7 @@ class LayeredSession:
             "prompt": self.prompt,
             "seed": self.seed,
             "created": self.created,
+            "digits": self.digits,
             "params": asdict(self.params),
             "layers": [len(p) for p in parts],
         }
@@ -131,22 +154,35 @@ class LayeredSession:
     def restore(self, data: bytes) -> None:
         """Replace this session's whole state with a snapshot of the same model."""
         header, parts = parse_layers_snapshot(data)
-        if header["config"] != self.generator.model.cfg.fingerprint():
-            raise SnapshotError(f"snapshot is of model {header['model']!r} with another "
-                                f"architecture than the loaded "
-                                f"{self.generator.model.cfg.name!r}")
+        gen = self.generator
         try:
+            if header["config"] != gen.model.cfg.fingerprint():
+                raise SnapshotError(f"snapshot is of model {header['model']!r} with another "
+                                    f"architecture than the loaded {gen.model.cfg.name!r}")
             params = type(self.params)(**header["params"])
-            layers = [self.generator.restore(p) for p in parts]
-            frame_index, seed = int(header["frame_index"]), int(header["seed"])
-            created, prompt = int(header["created"]), str(header["prompt"])
+            frame_index, seed, created = (header["frame_index"], header["seed"],
+                                          header["created"])
+            prompt, digits = header["prompt"], [None if d is None else int(d)
+                                                for d in header["digits"]]
+            if not (all(isinstance(v, int) and v >= 0 for v in (frame_index, seed, created))
+                    and isinstance(prompt, str) and len(digits) == len(parts) <= created):
+                raise SnapshotError("layered snapshot with impossible values")
+            gen.encode_prompt(prompt)
+            named = parse_digit_prompt(prompt)
+        except SnapshotError:
+            raise
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError(f"snapshot is incomplete: {exc}") from exc
-        if params.layers != "digits" or any(layer.params != replace(params, layers="joint")
-                                            for layer in layers):
+        if params.layers != "digits" or (named and digits != named):
+            raise SnapshotError("layered snapshot whose layers disagree with its prompt")
+        if any(is_layers_snapshot(p) for p in parts):
+            raise SnapshotError("layered snapshot with a layered snapshot inside")
+        layers = [gen.restore(p) for p in parts]
+        if any(layer.params != replace(params, layers="joint")
+               or layer.frame_index > frame_index for layer in layers):
             raise SnapshotError("layered snapshot whose layers disagree with its settings")
         self.params, self.seed, self.frame_index = params, seed, frame_index
-        self.layers, self.created, self.prompt = layers, created, prompt
+        self.layers, self.digits, self.created, self.prompt = layers, digits, created, prompt
 
 
 def parse_layers_snapshot(data: bytes) -> tuple[dict, list[bytes]]:

@@ -58,16 +58,6 @@ def parse_digit_prompt(text: str) -> list[int]:
     return [int(d) for d in m.groups() if d is not None]
 
 
-def layer_prompts(text: str) -> list[str]:
-    """The prompts of a digits prompt's layers: "digits 3 and 7" -> ["digit 3", "digit 7"]
-    (a digit named twice gets two layers); a prompt naming one digit or none is its own
-    single layer."""
-    digits = parse_digit_prompt(text)
-    if len(digits) <= 1:
-        return [text]
-    return [f"digit {d}" for d in digits]
-
-
 def _shorten(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -37,7 +37,7 @@ def unpack(data, magic: bytes, fmt: str, versions: tuple[int, ...]) -> tuple[dic
     (n,) = struct.unpack("<I", data[start : start + 4])
     try:
         header = json.loads(data[start + 4 : start + 4 + n])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise SnapshotError(f"corrupt snapshot: {exc}") from exc
     if not isinstance(header, dict) or header.get("format") != fmt:
         raise SnapshotError(f"not a {fmt} snapshot")

@@ -161,7 +161,9 @@ class StreamSession:
             "frame_index": self.frame_index,
             "prompt": self.prompt,
             "seed": self.seed,
-            "params": asdict(self.params),
+            # "layers" only when not the default: builds before it read these snapshots
+            "params": {k: v for k, v in asdict(self.params).items()
+                       if k != "layers" or v != "joint"},
         }
         tensors = {"rng": self.rng.get_state()}
         for name, states in (("cond", self.states), ("uncond", self.states_uncond)):
@@ -277,9 +279,9 @@ class StreamGenerator:
     def step(self, sessions: list[StreamSession | LayeredSession]) -> list[np.ndarray]:
         """Advance each session by one frame; frames come back in the order given (a
         layered session's layers are stepped with the rest, its frame is their composite)."""
-        if len({id(s) for s in sessions}) != len(sessions):
-            raise ValueError("a session appears twice in one step")
         flat, spans = _flatten(sessions)
+        if len({id(s) for s in flat}) != len(flat):
+            raise ValueError("a session (or a layer) appears twice in one step")
         frames = self._step_plain(flat)
         out = []
         for s, (a, b) in zip(sessions, spans, strict=True):
@@ -311,27 +313,30 @@ class StreamGenerator:
     def fold(self, sessions: list[StreamSession | LayeredSession], frames: np.ndarray) -> None:
         """Fold given frames into the sessions' pasts, as if each session had made them.
 
-        ``frames`` is uint8 (n, H, W) gray or (n, H, W, 3), one frame per session (same
-        sampler settings); each is encoded and folded in at noise level
-        ``context_noise`` (into every layer of a layered session). The sessions' random
-        streams are not touched. Used to start from real or edited frames (e.g. the
-        evaluation's blank-past test).
+        ``frames`` is uint8 (n, H, W) gray or (n, H, W, 3), one frame per session; each
+        is encoded and folded in at noise level ``context_noise`` (into every layer of a
+        layered session). The sessions' random streams are not touched. Used to start
+        from real or edited frames (e.g. the evaluation's blank-past test).
         """
         if len(frames) != len(sessions):
             raise ValueError("fold needs one frame per session")
         flat, spans = _flatten(sessions)
+        if len({id(s) for s in flat}) != len(flat):
+            raise ValueError("a session (or a layer) appears twice in one fold")
         frames = np.asarray(frames)
-        self._fold_plain(flat, np.concatenate([frames[i : i + 1].repeat(b - a, axis=0)
-                                               for i, (a, b) in enumerate(spans)]))
+        per_layer = np.concatenate([frames[i : i + 1].repeat(b - a, axis=0)
+                                    for i, (a, b) in enumerate(spans)])
+        groups: dict[tuple, list[int]] = {}  # sessions (and layers) folded alike
+        for i, s in enumerate(flat):
+            groups.setdefault((s.params.context_noise, s.params.cfg_at(s.frame_index)),
+                              []).append(i)
+        for idx in groups.values():
+            self._fold_plain([flat[i] for i in idx], per_layer[idx])
         for s in sessions:
             if isinstance(s, LayeredSession):
                 s.frame_index += 1
 
     def _fold_plain(self, sessions: list[StreamSession], frames: np.ndarray) -> None:
-        if len(frames) != len(sessions) or len({(s.params.context_noise,
-                                                  s.params.cfg_at(s.frame_index))
-                                                 for s in sessions}) > 1:
-            raise ValueError("fold needs one frame per session and one sampler setting")
         gray = np.asarray(frames)
         if gray.ndim == 4:
             gray = gray[..., :3].mean(-1).round().astype(np.uint8)

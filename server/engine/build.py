@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pomstream.server.engine.worker import Worker
-from pomstream.server.settings import Settings
+from pomstream.server.settings import Settings, SettingsError
 from pomstream.server.storage import LocalStorage
 from pomstream.server.store import JobQueue
 
@@ -20,10 +20,15 @@ def build_worker(settings: Settings, queue: JobQueue, storage: LocalStorage) -> 
         dtype = "bfloat16" if torch.device(settings.device).type == "cuda" else "float32"
     model = load_model(settings.model, device=settings.device, dtype=getattr(torch, dtype))
     generator = StreamGenerator(model, graphs=settings.cuda_graphs and model.pos.is_cuda)
+    params = settings.generation_params()
+    try:  # refuse at start what this model cannot sample with, not on every job
+        generator.session("", **params)
+    except ValueError as exc:
+        raise SettingsError(f"cannot sample {settings.model!r} with {params}: {exc}") from exc
     return Worker(queue, generator, storage, worker_id=settings.worker_id,
                   max_sessions=settings.max_sessions, snapshot_every=settings.snapshot_every,
                   qp=settings.encoder_qp, encode_threads=settings.encode_threads,
-                  video_ttl_s=settings.video_ttl_s, params=settings.generation_params(),
+                  video_ttl_s=settings.video_ttl_s, params=params,
                   session_window=settings.session_window,
                   viewer_timeout_s=settings.viewer_timeout_s,
                   detached_ttl_s=settings.detached_ttl_s,

@@ -232,7 +232,9 @@ class Worker(Admission, Extensions, Endings, LiveControl):
         if self.min_session_fps <= 0 or self.max_held <= self.max_sessions:
             return
         try:
-            sessions = [self.generator.session("", seed=i, **self.params)
+            # with per-digit layers the dearest prompt: three digits, three streams each
+            prompt = "digits 1, 2 and 3" if self.params.get("layers") == "digits" else ""
+            sessions = [self.generator.session(prompt, seed=i, **self.params)
                         for i in range(self.max_sessions)]
             times = []
             for _ in range(CALIBRATION_STEPS):

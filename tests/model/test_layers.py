@@ -5,7 +5,7 @@ import pytest
 
 from pomstream.model import SnapshotError, StreamGenerator
 from pomstream.model.layers import layer_seed
-from pomstream.model.prompts import PromptError, layer_prompts
+from pomstream.model.prompts import PromptError
 from tests.support.models import randomized_model
 
 P = dict(steps=2, first_steps=3, guidance=2.0, first_guidance=1.5)
@@ -24,16 +24,7 @@ def same(a, b):
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def test_layer_prompts():
-    assert layer_prompts("digits 3 and 7") == ["digit 3", "digit 7"]
-    assert layer_prompts("digits 1, 4 and 4") == ["digit 1", "digit 4", "digit 4"]
-    assert layer_prompts("digit 5") == ["digit 5"]
-    assert layer_prompts("") == [""]
-    with pytest.raises(PromptError):
-        layer_prompts("a cat")
-
-
-@pytest.mark.parametrize("prompt", ["digit 3", ""])
+@pytest.mark.parametrize("prompt", ["digit 3", "3", ""])
 def test_one_digit_is_the_joint_stream(gen, prompt):
     assert same(frames(gen.session(prompt, seed=5, layers="digits", **P), 3),
                 frames(gen.session(prompt, seed=5, **P), 3))
@@ -90,11 +81,28 @@ def test_prompt_change_keeps_named_digits_and_adds_new_ones(gen):
     assert s.frame_index == 4
     again = gen.restore(s.snapshot())
     assert [layer.prompt for layer in again.layers] == ["digit 3", "digit 1"]
-    s.set_prompt("")  # unconditional: every layer goes on
+    # layers are matched by digit: another wording of the same digit keeps its layer
+    s.set_prompt("Digit 1")
+    assert [(d, layer.frame_index) for d, layer in zip(s.digits, s.layers, strict=True)] == [
+        (1, 2)]
+    # the empty prompt lets every layer go on unprompted, and the digits come back to them
+    s.set_prompt("digits 3 and 1")
+    s.set_prompt("")
     assert [layer.prompt for layer in s.layers] == ["", ""]
+    frames(s, 1)
+    s.set_prompt("1 3")
+    assert [(layer.prompt, layer.frame_index) for layer in s.layers] == [("digit 1", 3),
+                                                                         ("digit 3", 1)]
     with pytest.raises(PromptError):
         s.set_prompt("a cat")
-    assert [layer.prompt for layer in s.layers] == ["", ""]
+    assert s.prompt == "1 3"
+
+
+def test_an_unprompted_start_becomes_the_first_digit(gen):
+    s = gen.session("", seed=3, layers="digits", **P)
+    frames(s, 2)
+    s.set_prompt("digits 4 and 8")
+    assert [layer.frame_index for layer in s.layers] == [2, 0]
 
 
 def test_fold_goes_into_every_layer(gen):
@@ -106,6 +114,44 @@ def test_fold_goes_into_every_layer(gen):
                                                                             "digit 8"])]
     gen.fold(ref, np.zeros((2, 16, 16), np.uint8) + 200)
     assert same(frames(s, 2), [np.maximum.reduce(gen.step(ref)) for _ in range(2)])
+    # layers at other frames (guided at frame 0 only) fold together too
+    late = gen.session("digit 3", seed=1, layers="digits", steps=1, first_guidance=3.0)
+    frames(late, 1)
+    late.set_prompt("digits 3 and 4")
+    gen.fold([late], np.zeros((1, 16, 16), np.uint8))
+    assert [layer.frame_index for layer in late.layers] == [2, 1]
+    with pytest.raises(ValueError, match="twice"):
+        gen.step([late, late.layers[0]])
+
+
+def test_snapshots_that_cannot_be_restored(gen):
+    import json
+    import struct
+
+    from pomstream.model.layers import LAYERS_MAGIC
+
+    s = gen.session("digits 2 and 9", seed=4, layers="digits", **P)
+    frames(s, 1)
+    snap = s.snapshot()
+    n = struct.unpack("<I", snap[8:12])[0]
+    header, rest = json.loads(snap[12 : 12 + n]), snap[12 + n :]
+
+    def edited(**change):
+        head = json.dumps({**header, **change}).encode()
+        return LAYERS_MAGIC + struct.pack("<I", len(head)) + head + rest
+
+    for change in ({"created": 1}, {"prompt": "digits 5 and 6"}, {"prompt": "a cat"},
+                   {"prompt": None}, {"frame_index": -1}, {"seed": -2}, {"digits": [2]}):
+        with pytest.raises(SnapshotError):
+            gen.restore(edited(**change))
+    assert gen.restore(edited()).frame_index == 1
+    nested = s.snapshot()
+    head = json.dumps({**header, "layers": [len(nested)], "digits": [None],
+                       "prompt": ""}).encode()
+    with pytest.raises(SnapshotError, match="inside"):
+        gen.restore(LAYERS_MAGIC + struct.pack("<I", len(head)) + head + nested)
+    with pytest.raises(SnapshotError, match="corrupt"):
+        gen.restore(LAYERS_MAGIC + struct.pack("<I", 3) + b"[[[" + rest)
 
 
 def test_refused_settings(tiny_model, gen):
@@ -113,3 +159,5 @@ def test_refused_settings(tiny_model, gen):
         StreamGenerator(tiny_model).session("digits 1 and 2", layers="digits")
     with pytest.raises(ValueError, match="layers must be one of"):
         gen.session("digit 1", layers="pixels")
+    with pytest.raises(ValueError, match=">= 0"):
+        gen.session("digits 1 and 2", seed=-1, layers="digits")

@@ -76,3 +76,13 @@ def test_sampling_settings_override_the_model_card(monkeypatch):
     assert Settings().generation_params()["layers"] == "joint"
     with pytest.raises(pydantic.ValidationError):
         Settings(layers="pixels")
+
+
+def test_a_worker_refuses_sampling_its_model_cannot_do(tiny_model_file):
+    """Per-digit layers need a model that reads the digits grammar: refused at start,
+    not on every job."""
+    from pomstream.server.engine.build import build_worker
+    from pomstream.server.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="digits grammar"):
+        build_worker(Settings(model=str(tiny_model_file), layers="digits"), None, None)
