@@ -280,8 +280,6 @@ class StreamGenerator:
         """Advance each session by one frame; frames come back in the order given (a
         layered session's layers are stepped with the rest, its frame is their composite)."""
         flat, spans = _flatten(sessions)
-        if len({id(s) for s in flat}) != len(flat):
-            raise ValueError("a session (or a layer) appears twice in one step")
         frames = self._step_plain(flat)
         out = []
         for s, (a, b) in zip(sessions, spans, strict=True):
@@ -321,8 +319,6 @@ class StreamGenerator:
         if len(frames) != len(sessions):
             raise ValueError("fold needs one frame per session")
         flat, spans = _flatten(sessions)
-        if len({id(s) for s in flat}) != len(flat):
-            raise ValueError("a session (or a layer) appears twice in one fold")
         frames = np.asarray(frames)
         per_layer = np.concatenate([frames[i : i + 1].repeat(b - a, axis=0)
                                     for i, (a, b) in enumerate(spans)])
@@ -407,10 +403,12 @@ class StreamGenerator:
 
 def _flatten(sessions) -> tuple[list[StreamSession], list[tuple[int, int]]]:
     """The plain sessions behind ``sessions`` (a layered one's layers in order) and each
-    session's [start, end) among them."""
+    session's [start, end) among them; each may appear once (its state moves on once)."""
     flat, spans = [], []
     for s in sessions:
         start = len(flat)
         flat.extend(s.layers if isinstance(s, LayeredSession) else [s])
         spans.append((start, len(flat)))
+    if len({id(s) for s in flat}) != len(flat):
+        raise ValueError("a session (or a layer) appears twice in one call")
     return flat, spans
